@@ -125,7 +125,11 @@ def encode(event: Event) -> dict[bytes, bytes]:
         data = {
             **common,
             "items": [
-                {"item_id": i.item_id, "watch_time": float(i.watch_time), "signals": dict(i.signals)}
+                {
+                    "item_id": i.item_id,
+                    "watch_time": float(i.watch_time),
+                    "signals": dict(i.signals),
+                }
                 for i in event.items
             ],
             "session_end": bool(event.session_end),

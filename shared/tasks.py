@@ -41,7 +41,9 @@ class TaskSpec:
             raise ValueError(f"task {self.name!r}: high must be > low")
 
 
-def make_tasks(names: Sequence[str], directions: Sequence[int] | None = None) -> tuple[TaskSpec, ...]:
+def make_tasks(
+    names: Sequence[str], directions: Sequence[int] | None = None
+) -> tuple[TaskSpec, ...]:
     """Build task specs from names and optional directions (default +1 each)."""
     names = [n.strip() for n in names]
     if not names:

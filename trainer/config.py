@@ -1,0 +1,70 @@
+"""Training configuration (frozen dataclasses; defaults are the paper's Table 7 where it has one)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TSHConfig:
+    """Hyper-parameters of the two-stage hybrid (TSH) learner."""
+
+    gamma: float = 0.9
+    tau: float = 0.005  # soft target update rate
+    actor_lr: float = 1e-4
+    critic_lr: float = 2e-4
+    inner_lr: float = 2e-4
+    lam: float = 0.4  # weight of the monotonicity loss in eq. 18
+    batch_size: int = 1024  # critic / actor batch
+    inner_batch_size: int = 128  # requests per inner-stage step (pairs are O(N^2) each)
+    hidden: int = 128  # width of the five-layer actor and critic
+    mfc_hidden: tuple[int, ...] = (32, 32)
+    monotone_by_construction: bool = False
+    action_low: float = -0.45  # > -1/2 keeps q(1 + a q) increasing on q in (0, 1)
+    action_high: float = 1.5
+    exploration_scale: float = 0.1  # Gaussian noise std as a fraction of the action range
+    reward_scale: float = 0.01  # rewards (seconds of watch time) are multiplied by this
+    grad_clip: float = 10.0
+    neutral_fit_steps: int = 300  # supervised steps fitting the MFCs to the plain sum at init
+
+    def __post_init__(self) -> None:
+        if not -0.5 < self.action_low < self.action_high:
+            raise ValueError("need -0.5 < action_low < action_high")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError("lam must be in [0, 1]")
+        if self.exploration_scale < 0:
+            raise ValueError("exploration_scale must be >= 0")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build ``cls`` from a dict, rejecting unknown keys with a message that names them."""
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s): {', '.join(unknown)}")
+    values = {}
+    for key, value in data.items():
+        default = getattr(cls, key, None)
+        values[key] = tuple(value) if isinstance(default, tuple) else value
+    return cls(**values)
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must hold a JSON object")
+    return data

@@ -1,0 +1,75 @@
+"""Losses of TSH training (paper eqs. 11, 13, 14, 16, 17, 18) as small pure functions.
+
+Shapes: B requests, K tasks, N candidates per request; ``mask`` (B, N) marks real candidates
+(requests logged with fewer candidates are padded). Pair sums of the paper are normalised by the
+number of pairs that count, so the loss scale does not depend on N.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def outer_stage(q_inner: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Eq. 11: ``q_k = q^I_k (1 + a_k q^I_k)``; q_inner (B, K, N), action (B, K)."""
+    return q_inner * (1.0 + action.unsqueeze(-1) * q_inner)
+
+
+def fused_score(q: torch.Tensor) -> torch.Tensor:
+    """Eqs. 8 / 15: ``z_i = sum_k q_ki``; (B, K, N) -> (B, N)."""
+    return q.sum(dim=1)
+
+
+def td_target(
+    reward: torch.Tensor, done: torch.Tensor, next_q: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """``r + gamma (1 - done) Q'(s', mu'(s'))``: the bootstrap target of eq. 13."""
+    return reward + gamma * (1.0 - done) * next_q
+
+
+def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 13: mean squared TD error (target is treated as a constant)."""
+    return F.mse_loss(q, target.detach())
+
+
+def actor_loss(q_of_policy: torch.Tensor) -> torch.Tensor:
+    """Eq. 14: the deterministic policy gradient ascends Q(s, mu(s)); we minimise -Q."""
+    return -q_of_policy.mean()
+
+
+def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, N) candidate mask -> (B, N, N) mask of pairs of real candidates."""
+    m = mask.to(torch.bool)
+    return m.unsqueeze(-1) & m.unsqueeze(-2)
+
+
+def transfer_loss(z_outer: torch.Tensor, z_inner: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 16, BPR knowledge transfer: for each pair with ``z_i < z_j`` (outer-stage score, the
+    label), ``-log sigmoid(z^I_j - z^I_i)``. Only pairs strictly ordered by the outer stage count.
+    """
+    z_outer = z_outer.detach()
+    ordered = (z_outer.unsqueeze(-1) < z_outer.unsqueeze(-2)) & _pair_mask(mask)  # [b, i, j]
+    diff = z_inner.unsqueeze(-2) - z_inner.unsqueeze(-1)  # [b, i, j] = z^I_j - z^I_i
+    losses = -F.logsigmoid(diff)
+    n_pairs = ordered.sum().clamp(min=1)
+    return (losses * ordered).sum() / n_pairs
+
+
+def monotonicity_loss(
+    predictions: torch.Tensor, q_inner: torch.Tensor, directions: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 17 per task, (K,): for pairs with ``o_ki < o_kj``, ``max(0, q_ki - q_kj)`` for an
+    increasing task (direction +1) and ``max(0, q_kj - q_ki)`` for a decreasing one (-1).
+    """
+    x = predictions * directions.view(1, -1, 1)  # increasing in x for both directions
+    below = x.unsqueeze(-1) < x.unsqueeze(-2)  # [b, k, i, j]: x_i < x_j
+    below = below & _pair_mask(mask).unsqueeze(1)
+    violation = F.relu(q_inner.unsqueeze(-1) - q_inner.unsqueeze(-2))  # q_i - q_j
+    n_pairs = below.sum(dim=(0, 2, 3)).clamp(min=1)
+    return (violation * below).sum(dim=(0, 2, 3)) / n_pairs
+
+
+def inner_loss(mono_per_task: torch.Tensor, transfer: torch.Tensor, lam: float) -> torch.Tensor:
+    """Eq. 18: ``lambda sum_k L^mono_k + (1 - lambda) L^transfer``."""
+    return lam * mono_per_task.sum() + (1.0 - lam) * transfer

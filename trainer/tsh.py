@@ -1,0 +1,237 @@
+"""The TSH learner: actor-critic outer stage + supervised inner stage (paper Algorithm 1).
+
+One :meth:`TSHAgent.update` runs, in order, the critic step (eq. 13), the actor step (eq. 14),
+the inner-stage step (eq. 18, with the outer stage's ranking as the label of eq. 16) and the soft
+target sync. Each step returns ``dict[str, float]`` for one metrics sink.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from shared.tasks import TaskSpec
+from trainer import losses
+from trainer.config import TSHConfig, from_dict, to_dict
+from trainer.networks import Actor, Critic, MFCBank, RunningNorm
+from trainer.replay import Batch
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """``target <- tau * source + (1 - tau) * target`` (parameters only)."""
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters(), strict=True):
+            t.lerp_(s, tau)
+
+
+class TSHAgent:
+    """Holds the xMTF networks, their optimisers and the TSH update steps."""
+
+    def __init__(
+        self,
+        tasks: Sequence[TaskSpec],
+        state_dim: int,
+        config: TSHConfig | None = None,
+        seed: int = 0,
+        fit_neutral: bool = True,
+    ) -> None:
+        self.tasks = tuple(tasks)
+        self.state_dim = state_dim
+        self.config = cfg = config or TSHConfig()
+        self.seed = seed
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        k = len(self.tasks)
+        self.norm = RunningNorm(state_dim)
+        self.mfc = MFCBank(self.tasks, state_dim, cfg.mfc_hidden, cfg.monotone_by_construction)
+        self.actor = Actor(state_dim, k, cfg.hidden, cfg.action_low, cfg.action_high)
+        self.critic = Critic(state_dim, k, cfg.hidden, cfg.action_low, cfg.action_high)
+        self.actor_target = copy.deepcopy(self.actor)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.inner_opt = torch.optim.Adam(self.mfc.parameters(), lr=cfg.inner_lr)
+        self.updates = 0
+        if fit_neutral:
+            self.fit_neutral()
+
+    @property
+    def directions(self) -> torch.Tensor:
+        return self.mfc.direction
+
+    # ------------------------------------------------------------------ initialisation
+
+    def fit_neutral(self, steps: int | None = None) -> float:
+        """Fit every cell to a linear ramp of its input over the task's range, for all states:
+        with a = 0 the fused score is then (up to a constant) the plain sum of the predictions,
+        so a fresh deployment starts from a neutral, monotone fusion. Returns the final MSE."""
+        steps = self.config.neutral_fit_steps if steps is None else steps
+        lo = torch.tensor([t.low for t in self.tasks])[None, :, None]
+        hi = torch.tensor([t.high for t in self.tasks])[None, :, None]
+        direction = self.directions[None, :, None]
+        opt = torch.optim.Adam(self.mfc.parameters(), lr=3e-3)
+        gen = torch.Generator().manual_seed(self.seed)
+        loss = torch.tensor(0.0)
+        for _ in range(steps):
+            state_n = torch.randn(64, self.state_dim, generator=gen)
+            o = lo + (hi - lo) * torch.rand(64, len(self.tasks), 32, generator=gen)
+            ramp = (o - lo) / (hi - lo)
+            target = 0.02 + 0.96 * torch.where(direction > 0, ramp, 1.0 - ramp)
+            loss = torch.mean((self.mfc(state_n, o) - target) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(loss.detach())
+
+    # ------------------------------------------------------------------ acting
+
+    def observe(self, states: np.ndarray) -> None:
+        """Update the observation normaliser with collected states."""
+        self.norm.update(_t(states))
+
+    @torch.no_grad()
+    def act(self, states: np.ndarray, explore: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Actions (B, K) for raw states, and the exploration noise that was applied."""
+        cfg = self.config
+        mu = self.actor(self.norm(_t(states))).numpy()
+        if not explore or cfg.exploration_scale == 0:
+            return mu, np.zeros_like(mu)
+        std = cfg.exploration_scale * (cfg.action_high - cfg.action_low)
+        action = np.clip(mu + self.rng.normal(0.0, std, mu.shape), cfg.action_low, cfg.action_high)
+        action = action.astype(np.float32)
+        return action, action - mu
+
+    @torch.no_grad()
+    def inner(self, states: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+        """Inner-stage outputs (B, K, N) for raw states (B, D) and predictions (B, K, N)."""
+        return self.mfc(self.norm(_t(states)), _t(predictions)).numpy()
+
+    @torch.no_grad()
+    def scores(self, states: np.ndarray, predictions: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """Fused scores (B, N) of eq. 8 with the outer stage of eq. 11."""
+        q_inner = self.mfc(self.norm(_t(states)), _t(predictions))
+        return losses.fused_score(losses.outer_stage(q_inner, _t(action))).numpy()
+
+    # ------------------------------------------------------------------ updates
+
+    def update_critic(self, batch: Batch) -> dict[str, float]:
+        cfg = self.config
+        s, s2 = self.norm(_t(batch.state)), self.norm(_t(batch.next_state))
+        reward = _t(batch.reward) * cfg.reward_scale
+        with torch.no_grad():
+            next_q = self.critic_target(s2, self.actor_target(s2))
+            target = losses.td_target(reward, _t(batch.done), next_q, cfg.gamma)
+        q = self.critic(s, _t(batch.action))
+        loss = losses.critic_loss(q, target)
+        self.critic_opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
+        self.critic_opt.step()
+        return {"critic_loss": float(loss), "q_mean": float(q.mean())}
+
+    def update_actor(self, batch: Batch) -> dict[str, float]:
+        s = self.norm(_t(batch.state))
+        action = self.actor(s)
+        loss = losses.actor_loss(self.critic(s, action))
+        self.actor_opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.actor.parameters(), self.config.grad_clip)
+        self.actor_opt.step()
+        return {"actor_loss": float(loss), "action_mean": float(action.mean())}
+
+    def update_inner(self, batch: Batch) -> dict[str, float]:
+        """Eq. 18 on a batch of requests: the current policy's outer stage is the label."""
+        n = min(self.config.inner_batch_size, batch.state.shape[0])
+        s = self.norm(_t(batch.state[:n]))
+        preds, mask = _t(batch.predictions[:n]), torch.as_tensor(batch.mask[:n])
+        q_inner = self.mfc(s, preds)
+        with torch.no_grad():
+            z_outer = losses.fused_score(losses.outer_stage(q_inner, self.actor(s)))
+        z_inner = losses.fused_score(q_inner)
+        transfer = losses.transfer_loss(z_outer, z_inner, mask)
+        mono = losses.monotonicity_loss(preds, q_inner, self.directions, mask)
+        loss = losses.inner_loss(mono, transfer, self.config.lam)
+        self.inner_opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.mfc.parameters(), self.config.grad_clip)
+        self.inner_opt.step()
+        return {
+            "inner_loss": float(loss),
+            "transfer_loss": float(transfer),
+            "mono_loss": float(mono.sum()),
+        }
+
+    def sync_targets(self) -> None:
+        soft_update(self.actor_target, self.actor, self.config.tau)
+        soft_update(self.critic_target, self.critic, self.config.tau)
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One TSH step: critic, actor, inner stage, target sync."""
+        metrics = self.update_critic(batch)
+        metrics |= self.update_actor(batch)
+        metrics |= self.update_inner(batch)
+        self.sync_targets()
+        self.updates += 1
+        return metrics
+
+    # ------------------------------------------------------------------ persistence
+
+    def _modules(self) -> dict[str, nn.Module]:
+        return {
+            "norm": self.norm,
+            "mfc": self.mfc,
+            "actor": self.actor,
+            "critic": self.critic,
+            "actor_target": self.actor_target,
+            "critic_target": self.critic_target,
+        }
+
+    def save(self, path: Path) -> None:
+        """Weights as safetensors; tasks, state_dim and config as its JSON metadata."""
+        tensors = {
+            f"{name}.{key}": value.detach().contiguous()
+            for name, module in self._modules().items()
+            for key, value in module.state_dict().items()
+        }
+        meta = {
+            "tasks": [t.__dict__ for t in self.tasks],
+            "state_dim": self.state_dim,
+            "config": to_dict(self.config),
+            "seed": self.seed,
+            "updates": self.updates,
+        }
+        save_file(tensors, str(path), metadata={"xmtf": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: Path) -> TSHAgent:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["xmtf"])
+        tasks = [TaskSpec(**t) for t in meta["tasks"]]
+        agent = cls(
+            tasks,
+            int(meta["state_dim"]),
+            from_dict(TSHConfig, meta["config"]),
+            seed=int(meta["seed"]),
+            fit_neutral=False,
+        )
+        tensors = load_file(str(path))
+        for name, module in agent._modules().items():
+            prefix = f"{name}."
+            module.load_state_dict(
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            )
+        agent.updates = int(meta.get("updates", 0))
+        return agent
