@@ -1,4 +1,4 @@
-"""Training configuration (frozen dataclasses; defaults are the paper's Table 7 where it has one)."""
+"""Training configuration: frozen dataclasses, defaults from the paper's Table 7."""
 
 from __future__ import annotations
 

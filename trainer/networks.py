@@ -7,6 +7,7 @@ once per request (one matmul for all K cells) and broadcast over the N candidate
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -78,7 +79,7 @@ class MFCBank(nn.Module):
         dims = [*self.hidden, 1]
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(k, d_in, d_out))
-            for d_in, d_out in zip(dims, dims[1:], strict=False)
+            for d_in, d_out in itertools.pairwise(dims)
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(k, 1, d_out)) for d_out in dims[1:])
         self.reset_parameters()

@@ -54,7 +54,7 @@ class ReplayBuffer:
         predictions: np.ndarray,
     ) -> None:
         """Add B transitions; ``predictions`` is (B, K, N) for any N (sampled down to M)."""
-        b, _, n = predictions.shape
+        b = predictions.shape[0]
         preds, mask = self._fit_candidates(predictions)
         idx = (self.pos + np.arange(b)) % self.capacity
         self.state[idx] = state
