@@ -1,0 +1,1 @@
+"""xmtf online scorer: FastAPI + ONNX Runtime, no PyTorch."""

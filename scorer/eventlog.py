@@ -1,0 +1,215 @@
+"""Session log writer: a bounded in-process buffer flushed to a Redis Stream in the background.
+
+The request path only appends to a deque (no I/O, no serialisation). A background task encodes
+batches and writes them with one pipelined round trip of ``XADD ... MAXLEN ~``. Redis calls use
+short timeouts and no retries; after a failure a circuit breaker waits (exponential backoff up to
+``backoff_max``) before the next attempt, while the buffer keeps filling up to its bound; past
+the bound the oldest events are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from shared.events import Event, RankEvent, encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PendingRank:
+    """What the request path hands to the logger; sampled and encoded off the request path."""
+
+    request_id: str
+    session_id: str
+    user_id: str
+    ts: float
+    model_version: str
+    tasks: tuple[str, ...]
+    state: np.ndarray
+    action: np.ndarray
+    noise: np.ndarray
+    exploration_scale: float
+    item_ids: list[str]
+    predictions: np.ndarray  # (K, N)
+    returned_ids: list[str]
+
+    def to_event(self, max_candidates: int, rng: np.random.Generator) -> RankEvent:
+        n = len(self.item_ids)
+        if n > max_candidates:  # uniform sample without replacement, in input order
+            keep = np.sort(rng.choice(n, size=max_candidates, replace=False))
+            ids = tuple(self.item_ids[i] for i in keep)
+            preds = self.predictions[:, keep]
+        else:
+            ids, preds = tuple(self.item_ids), self.predictions
+        return RankEvent(
+            request_id=self.request_id,
+            session_id=self.session_id,
+            user_id=self.user_id,
+            ts=self.ts,
+            model_version=self.model_version,
+            tasks=self.tasks,
+            state=self.state.reshape(-1),
+            action=self.action,
+            noise=self.noise,
+            exploration_scale=self.exploration_scale,
+            n_candidates=n,
+            sample_rate=len(ids) / n,
+            sampled_ids=ids,
+            predictions=preds,
+            returned_ids=tuple(self.returned_ids),
+        )
+
+
+Item = Event | PendingRank
+
+
+class EventLogger:
+    """Bounded, non-blocking event log to one Redis Stream."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        stream: str,
+        *,
+        maxlen: int = 1_000_000,
+        buffer_size: int = 100_000,
+        batch_size: int = 50,
+        flush_interval: float = 0.02,
+        timeout: float = 0.25,
+        backoff_max: float = 5.0,
+        log_max_candidates: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self.maxlen = maxlen
+        self.buffer: deque[Item] = deque()
+        self.buffer_size = buffer_size
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.backoff_max = backoff_max
+        self.log_max_candidates = log_max_candidates
+        self.clock = clock
+        self.redis = Redis.from_url(
+            redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        self.logged = 0
+        self.dropped = 0
+        self.redis_errors = 0
+        self.connected = False
+        self.last_error: str | None = None
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._rng = np.random.default_rng()
+
+    # ------------------------------------------------------------------ request path
+
+    def emit(self, item: Item) -> None:
+        """Queue an event; never blocks. Drops (and counts) the oldest when the buffer is full."""
+        if len(self.buffer) >= self.buffer_size:
+            self.buffer.popleft()
+            self.dropped += 1
+        self.buffer.append(item)
+        if len(self.buffer) >= self.batch_size:
+            self._wake.set()
+
+    # ------------------------------------------------------------------ background
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="xmtf-event-logger")
+
+    async def stop(self, drain_timeout: float = 2.0) -> None:
+        """Try to flush what is buffered (bounded by ``drain_timeout``), then stop."""
+        deadline = self.clock() + drain_timeout
+        while self.buffer and self.clock() < deadline and self.clock() >= self._retry_at:
+            if not await self.flush_once():
+                break
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.redis.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            self._wake.clear()
+            wait = self._retry_at - self.clock()
+            if wait > 0:  # circuit open: do not touch Redis until the backoff has passed
+                await asyncio.sleep(wait)
+            while self.buffer:
+                if not await self.flush_once():
+                    break
+
+    def _encode(self, item: Item) -> dict[bytes, bytes]:
+        event = (
+            item.to_event(self.log_max_candidates, self._rng)
+            if isinstance(item, PendingRank)
+            else item
+        )
+        return encode(event)
+
+    async def flush_once(self) -> bool:
+        """Write up to one batch; True on success (or nothing to do)."""
+        batch = [self.buffer.popleft() for _ in range(min(self.batch_size, len(self.buffer)))]
+        if not batch:
+            return True
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for item in batch:
+                pipe.xadd(self.stream, self._encode(item), maxlen=self.maxlen, approximate=True)
+            await pipe.execute()
+        except Exception as exc:  # any Redis/network failure: keep the events, open the breaker
+            self._requeue(batch)
+            self.redis_errors += 1
+            self.connected = False
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._backoff = min(self.backoff_max, max(0.05, self._backoff * 2))
+            self._retry_at = self.clock() + self._backoff
+            log.warning(
+                "event log: Redis write failed (%s); retry in %.2fs", self.last_error, self._backoff
+            )
+            return False
+        self.logged += len(batch)
+        if not self.connected:
+            log.info("event log: connected to Redis")
+        self.connected = True
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        return True
+
+    def _requeue(self, batch: list[Item]) -> None:
+        room = self.buffer_size - len(self.buffer)
+        keep = batch[-room:] if room > 0 else []
+        self.dropped += len(batch) - len(keep)
+        self.buffer.extendleft(reversed(keep))
+
+    def state(self) -> dict[str, object]:
+        return {
+            "enabled": True,
+            "connected": self.connected,
+            "buffered": len(self.buffer),
+            "logged": self.logged,
+            "dropped": self.dropped,
+            "redis_errors": self.redis_errors,
+            "last_error": self.last_error,
+        }
