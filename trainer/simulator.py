@@ -130,12 +130,12 @@ class SimConfig:
     user_interact_std: float = 0.6
     bait_sensitivity_std: float = 0.3
     # true feedback logits
-    base_click: float = -1.55
-    base_long_view: float = 0.55
-    base_like: float = -4.3
-    base_follow: float = -7.0
-    base_comment: float = -6.3
-    base_share: float = -7.4
+    base_click: float = -1.95
+    base_long_view: float = 0.78
+    base_like: float = -3.75
+    base_follow: float = -6.23
+    base_comment: float = -5.63
+    base_share: float = -6.77
     click_affinity: float = 0.8
     long_view_affinity: float = 0.6
     interact_affinity: float = 0.5
@@ -153,18 +153,18 @@ class SimConfig:
     watch_quality: float = 0.5
     watch_noise: float = 0.8
     # satisfaction and exit
-    sat_init: float = 1.0
+    sat_init: float = 0.4
     sat_init_activity: float = 0.1
     sat_init_std: float = 0.1
     sat_decay: float = 0.9
-    exit_threshold: float = 0.3
-    patience_std: float = 0.05
+    exit_threshold: float = 0.05
+    patience_std: float = 0.08
     base_exit_prob: float = 0.01
     q_base: float = 0.0
     q_long_view: float = 1.0
     q_like: float = 5.0
     q_follow_comment_share: float = 10.0
-    q_regret: float = 1.5
+    q_regret: float = 2.0
     q_fatigue: float = 0.1
     fatigue_decay: float = 0.7
     # state
@@ -749,7 +749,7 @@ def evaluate(
         active = obs.active
         if not active.any():
             break
-        scores = np.zeros(active.shape + (sim.config.n_candidates,), np.float64)
+        scores = np.zeros((*active.shape, sim.config.n_candidates), np.float64)
         scores[active] = score_fn(obs.state[active], obs.predictions[active])
         result = sim.step_scores(scores)
         returns += result.reward

@@ -1,0 +1,221 @@
+"""``xmtf-train``: init, consume, simulate, export.
+
+Every option also reads an ``XMTF_``-prefixed environment variable (``--model-dir`` from
+``XMTF_MODEL_DIR``, ``--redis-url`` from ``XMTF_REDIS_URL``, ...). Bad arguments and unreachable
+services end the command with a one-line reason and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("xmtf-train")
+
+
+class CLIError(Exception):
+    """A one-line, user-facing failure."""
+
+
+def _env(option: str, default: Any = None) -> Any:
+    return os.environ.get("XMTF_" + option.upper().replace("-", "_"), default)
+
+
+def _add(p: argparse.ArgumentParser, option: str, default: Any = None, **kw: Any) -> None:
+    p.add_argument(f"--{option}", default=_env(option, default), **kw)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xmtf-train", description="Train and publish xMTF models."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="publish a first, untrained (neutral) model version")
+    _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
+    _add(p, "state-dim", required=_env("state-dim") is None, type=_positive_int)
+    _add(p, "tasks", "click,long_view,like,follow,comment,share", help="comma-separated task names")
+    _add(p, "directions", None, help="comma-separated 1/-1 per task (default all 1)")
+    _add(p, "seed", 0, type=int)
+
+    p = sub.add_parser("consume", help="train on the sessions logged in Redis and publish versions")
+    _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
+    _add(p, "redis-url", "redis://127.0.0.1:6379/0")
+    _add(p, "events-stream", "xmtf:events")
+    _add(p, "group", "xmtf-trainer")
+    _add(p, "consumer", "trainer-1")
+    p.add_argument("--until-idle", action="store_true", help="stop once the stream is drained")
+    _add(p, "max-events", None, type=_positive_int)
+    _add(
+        p, "export-every", 0, type=int, help="publish a version every N transitions (0: at the end)"
+    )
+    _add(p, "updates-per-transition", 0.25, type=float)
+
+    p = sub.add_parser("simulate", help="train with TSH against the user simulator")
+    _add(p, "config", None, type=Path, help="JSON file with sections sim, tsh, train")
+    _add(p, "out", "results/simulate", type=Path)
+    _add(p, "publish-to", None, type=Path, help="also export the result into this model dir")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("export", help="export a checkpoint (checkpoint.safetensors) as a version")
+    _add(p, "checkpoint", required=_env("checkpoint") is None, type=Path)
+    _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
+    p.add_argument("--no-publish", action="store_true", help="write the version but leave CURRENT")
+    return parser
+
+
+def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
+    from shared.tasks import make_tasks
+    from trainer.export import export_version
+    from trainer.tsh import TSHAgent
+
+    names = [n for n in str(args.tasks).split(",") if n.strip()]
+    directions = None
+    if args.directions:
+        try:
+            directions = [int(d) for d in str(args.directions).split(",")]
+        except ValueError as exc:
+            raise CLIError(
+                f"--directions must be comma-separated 1/-1 values: {args.directions}"
+            ) from exc
+    try:
+        tasks = make_tasks(names, directions)
+    except ValueError as exc:
+        raise CLIError(f"--tasks/--directions: {exc}") from exc
+    agent = TSHAgent(tasks, int(args.state_dim), seed=int(args.seed))
+    result = export_version(agent, args.model_dir, training={"source": "init"})
+    return {"version": result.version, "path": str(result.path)}
+
+
+def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
+    import redis
+
+    from trainer.consume import ConsumeConfig, StreamTrainer
+
+    client = redis.Redis.from_url(args.redis_url, socket_timeout=10, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise CLIError(f"cannot reach Redis at {args.redis_url}: {exc}") from exc
+    config = ConsumeConfig(
+        redis_url=args.redis_url,
+        stream=args.events_stream,
+        group=args.group,
+        consumer=args.consumer,
+        until_idle=args.until_idle,
+        max_events=args.max_events,
+        export_every=int(args.export_every),
+        updates_per_transition=float(args.updates_per_transition),
+    )
+    try:
+        trainer = StreamTrainer(args.model_dir, config, client)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from exc
+    stats = trainer.run(
+        progress=lambda s: log.info(
+            "events %d transitions %d updates %d", s.events, s.transitions, s.updates
+        )
+    )
+    return stats.as_dict()
+
+
+def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
+    from trainer.export import export_version
+    from trainer.simulate import SimulateConfig, train_on_simulator, write_outputs
+
+    try:
+        config = SimulateConfig.from_file(args.config) if args.config else SimulateConfig()
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"--config: {exc}") from exc
+    result = train_on_simulator(config, progress=not args.no_progress)
+    summary = write_outputs(result, config, args.out)
+    table = _summary_table(summary)
+    print(table, file=sys.stderr)
+    out: dict[str, Any] = {
+        "out": str(args.out),
+        "plain_sum": summary["plain_sum"],
+        "xmtf": summary["xmtf"],
+        "seconds": round(result.seconds, 1),
+    }
+    if args.publish_to:
+        exported = export_version(
+            result.agent, args.publish_to, training={"source": "simulate", **summary["xmtf"]}
+        )
+        out["version"] = exported.version
+    return out
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    rows = [("plain sum (neutral)", summary["plain_sum"]), ("xMTF (TSH)", summary["xmtf"])]
+    lines = ["", f"{'method':<22}{'watch time / session':>24}{'session length':>18}"]
+    for name, s in rows:
+        wt = f"{s['return_mean']:.1f} ± {s['return_std']:.1f}"
+        ln = f"{s['length_mean']:.2f} ± {s['length_std']:.2f}"
+        lines.append(f"{name:<22}{wt:>24}{ln:>18}")
+    return "\n".join(lines)
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from trainer.export import export_version
+    from trainer.tsh import TSHAgent
+
+    if not Path(args.checkpoint).is_file():
+        raise CLIError(f"checkpoint {args.checkpoint} does not exist")
+    agent = TSHAgent.load(args.checkpoint)
+    result = export_version(
+        agent, args.model_dir, training={"source": "export"}, publish=not args.no_publish
+    )
+    return {
+        "version": result.version,
+        "path": str(result.path),
+        "checks": result.manifest.checks.model_dump(),
+    }
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "consume": cmd_consume,
+    "simulate": cmd_simulate,
+    "export": cmd_export,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    from trainer.export import ExportCheckError
+
+    try:
+        result = COMMANDS[args.command](args)
+    except CLIError as exc:
+        print(f"xmtf-train {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ExportCheckError as exc:
+        print(f"xmtf-train {args.command}: export refused: {exc}", file=sys.stderr)
+        return 3
+    except (OSError, ValueError) as exc:
+        print(f"xmtf-train {args.command}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
