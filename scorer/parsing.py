@@ -52,8 +52,12 @@ def _id(value: Any, field: str) -> str:
     return value
 
 
-def _numbers(value: Any, field: str, length: int | None) -> np.ndarray:
-    """A JSON list of finite numbers -> float32 (1-D)."""
+def _numbers(value: Any, field: str, length: int | None, maybe_bools: bool = True) -> np.ndarray:
+    """A JSON list of finite numbers -> float32 (1-D).
+
+    numpy silently turns ``true``/``false`` mixed with numbers into 1/0, so booleans are looked
+    for explicitly, but only when the body holds a ``true``/``false`` token (``maybe_bools``).
+    """
     if not isinstance(value, list):
         raise InputError("must be an array of numbers", field)
     if length is not None and len(value) != length:
@@ -65,6 +69,8 @@ def _numbers(value: Any, field: str, length: int | None) -> np.ndarray:
     if arr.ndim != 1 or arr.dtype.kind not in "iuf":
         if arr.size == 0 and arr.ndim == 1:
             return arr.astype(np.float32)
+        raise InputError("must be an array of numbers", field)
+    if maybe_bools and bool in set(map(type, value)):
         raise InputError("must be an array of numbers", field)
     with np.errstate(over="ignore"):
         out = arr.astype(np.float32)
@@ -78,6 +84,7 @@ def parse_rank(
 ) -> RankInput:
     """Validate a rank body against the served model and the configured limits."""
     data = load_json(body)
+    maybe_bools = b"true" in body or b"false" in body
     if not isinstance(data, dict):
         raise InputError("body must be a JSON object", None)
     unknown = data.keys() - _ALLOWED_KEYS
@@ -111,7 +118,7 @@ def parse_rank(
         dup = next(x for x in item_ids if x in seen or seen.add(x))  # type: ignore[func-returns-value]
         raise InputError(f"duplicate item id {dup!r}", "item_ids")
 
-    state = _numbers(data.get("user_state"), "user_state", state_dim)
+    state = _numbers(data.get("user_state"), "user_state", state_dim, maybe_bools)
 
     preds = data.get("predictions")
     if not isinstance(preds, dict):
@@ -124,7 +131,7 @@ def parse_rank(
     for k, name in enumerate(task_names):
         if name not in preds:
             raise InputError(f"missing task {name!r}", f"predictions.{name}")
-        matrix[k] = _numbers(preds[name], f"predictions.{name}", n)
+        matrix[k] = _numbers(preds[name], f"predictions.{name}", n, maybe_bools)
 
     top_n = data.get("top_n")
     if not isinstance(top_n, int) or isinstance(top_n, bool):

@@ -107,7 +107,7 @@ def train_on_simulator(
         tc.replay_capacity, sim.state_dim, len(tasks), tc.replay_candidates, seed=tc.seed
     )
     history: list[dict[str, float]] = []
-    eval_sim = UserSimulator(config.sim.replace(seed=tc.eval_seed))
+    eval_sim = UserSimulator(config.sim.replace(seed=tc.seed))  # same world, other users
 
     def run_eval(step: int) -> dict[str, float]:
         result: EvalResult = evaluate(

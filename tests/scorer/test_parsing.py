@@ -1,0 +1,285 @@
+"""``scorer.parsing.parse_rank``: every invalid input class and the columnar happy path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from scorer.errors import InputError
+from scorer.parsing import Limits, parse_rank
+
+TASKS = ("click", "like", "skip")
+STATE_DIM = 5
+LIMITS = Limits(max_candidates=50, max_top_n=100)
+
+
+def body(n: int = 4, **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "request_id": "r-1",
+        "session_id": "s-1",
+        "user_id": "u-1",
+        "user_state": [0.1, 0.2, 0.3, 0.4, 0.5],
+        "item_ids": [f"i{j}" for j in range(n)],
+        "predictions": {t: [round(0.1 * (k + 1) + 0.01 * j, 3) for j in range(n)]
+                        for k, t in enumerate(TASKS)},
+        "top_n": 2,
+    }
+    data.update(overrides)
+    return data
+
+
+def parse(data: Any, limits: Limits = LIMITS) -> Any:
+    raw = data if isinstance(data, bytes) else orjson.dumps(data)
+    return parse_rank(raw, TASKS, STATE_DIM, limits)
+
+
+def rejected(data: Any, limits: Limits = LIMITS) -> InputError:
+    with pytest.raises(InputError) as info:
+        parse(data, limits)
+    return info.value
+
+
+# ----------------------------------------------------------------------------- happy path
+
+
+def test_happy_path_shapes_and_dtypes() -> None:
+    req = parse(body(4))
+    assert req.request_id == "r-1" and req.session_id == "s-1" and req.user_id == "u-1"
+    assert req.state.shape == (1, STATE_DIM) and req.state.dtype == np.float32
+    assert req.predictions.shape == (3, 4) and req.predictions.dtype == np.float32
+    assert req.item_ids == ["i0", "i1", "i2", "i3"]
+    assert req.top_n == 2
+    np.testing.assert_array_equal(req.state[0], np.float32([0.1, 0.2, 0.3, 0.4, 0.5]))
+
+
+def test_predictions_follow_the_served_task_order_not_the_json_key_order() -> None:
+    preds = {
+        "skip": [0.9, 0.8, 0.7],
+        "click": [0.1, 0.2, 0.3],
+        "like": [0.4, 0.5, 0.6],
+    }
+    raw = orjson.dumps(body(3, predictions=preds))
+    assert raw.index(b'"skip"') < raw.index(b'"click"')
+    req = parse_rank(raw, TASKS, STATE_DIM, LIMITS)
+    np.testing.assert_array_equal(
+        req.predictions,
+        np.float32([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.9, 0.8, 0.7]]),
+    )
+    # the same body against a model that serves the tasks in another order
+    other = parse_rank(raw, ("skip", "like", "click"), STATE_DIM, LIMITS)
+    np.testing.assert_array_equal(other.predictions, req.predictions[::-1])
+
+
+def test_integers_are_numbers() -> None:
+    req = parse(body(2, user_state=[0, 1, 2, 3, 4], predictions={t: [0, 1] for t in TASKS}))
+    assert req.state.dtype == np.float32 and req.predictions.dtype == np.float32
+    np.testing.assert_array_equal(req.predictions, np.float32([[0, 1]] * 3))
+
+
+def test_request_id_is_generated_when_absent() -> None:
+    data = body()
+    del data["request_id"]
+    a, b = parse(data), parse(data)
+    assert len(a.request_id) == 32 and int(a.request_id, 16) >= 0
+    assert a.request_id != b.request_id
+    assert parse(body(request_id=None)).request_id != ""
+
+
+def test_limits_at_the_boundary_are_accepted() -> None:
+    req = parse(body(50, top_n=100))
+    assert len(req.item_ids) == 50 and req.top_n == 100
+    long_id = "x" * 256
+    req = parse(body(1, item_ids=[long_id], session_id=long_id, user_id=long_id,
+                     request_id=long_id, predictions={t: [0.5] for t in TASKS}))
+    assert req.item_ids == [long_id]
+
+
+def test_float32_boundary_values() -> None:
+    big = float(np.finfo(np.float32).max)
+    req = parse(body(2, predictions={t: [big, -1e-400] for t in TASKS}))
+    assert np.isfinite(req.predictions).all()
+
+
+# ----------------------------------------------------------------------------- invalid classes
+
+
+def test_missing_task() -> None:
+    data = body()
+    del data["predictions"]["like"]
+    err = rejected(data)
+    assert (err.status, err.code, err.field) == (422, "invalid_input", "predictions.like")
+
+
+def test_unknown_task() -> None:
+    data = body()
+    data["predictions"]["long_view"] = [0.1] * 4
+    err = rejected(data)
+    assert (err.status, err.field) == (422, "predictions.long_view")
+
+
+@pytest.mark.parametrize("length", [0, 3, 5])
+def test_wrong_prediction_length(length: int) -> None:
+    data = body(4)
+    data["predictions"]["skip"] = [0.1] * length
+    err = rejected(data)
+    assert (err.status, err.field) == (422, "predictions.skip")
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"nan", b"1e309", b"-1e309"])
+def test_non_finite_literals_are_invalid_json(literal: bytes) -> None:
+    raw = orjson.dumps(body(2, predictions={t: [0.1, 0.2] for t in TASKS}))
+    raw = raw.replace(b'"click":[0.1,0.2]', b'"click":[0.1,' + literal + b"]", 1)
+    assert literal in raw
+    err = rejected(raw)
+    assert (err.status, err.code) == (422, "invalid_json")
+
+
+def test_nan_literal_in_the_state_is_invalid_json() -> None:
+    raw = orjson.dumps(body()).replace(b"0.3,", b"NaN,", 1)
+    err = rejected(raw)
+    assert (err.status, err.code) == (422, "invalid_json")
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, 3.5e38])
+def test_value_beyond_float32_range(value: float) -> None:
+    data = body(2)
+    data["predictions"]["like"] = [0.5, value]
+    err = rejected(data)
+    assert (err.status, err.field) == (422, "predictions.like")
+
+
+def test_state_value_beyond_float32_range() -> None:
+    err = rejected(body(user_state=[0.0, 0.0, 1e39, 0.0, 0.0]))
+    assert (err.status, err.field) == (422, "user_state")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.1, "0.2"],
+        ["a", "b"],
+        [0.1, None],
+        [None, None],
+        [0.1, True],
+        [1, False],
+        [True, False],
+        [0.1, [0.2]],
+        [[0.1], [0.2]],
+        [0.1, {"x": 1}],
+    ],
+)
+def test_non_numbers_in_prediction_arrays(values: list[Any]) -> None:
+    data = body(2)
+    data["predictions"]["click"] = values
+    err = rejected(data)
+    assert (err.status, err.field) == (422, "predictions.click")
+
+
+@pytest.mark.parametrize("state", [[0.1, 0.2, 0.3, 0.4, True], [0.1, 0.2, 0.3, 0.4, None],
+                                   [0.1, 0.2, 0.3, 0.4, "0.5"], None, "0.1", 0.1, {"a": 1}])
+def test_invalid_state(state: Any) -> None:
+    err = rejected(body(user_state=state))
+    assert (err.status, err.field) == (422, "user_state")
+
+
+@pytest.mark.parametrize("predictions", [None, [], [[0.1] * 4] * 3, "x", 1])
+def test_predictions_must_be_an_object(predictions: Any) -> None:
+    err = rejected(body(predictions=predictions))
+    assert (err.status, err.field) == (422, "predictions")
+
+
+@pytest.mark.parametrize("column", [None, "0.1", 0.5, {"a": 1}])
+def test_prediction_column_must_be_an_array(column: Any) -> None:
+    data = body()
+    data["predictions"]["click"] = column
+    err = rejected(data)
+    assert (err.status, err.field) == (422, "predictions.click")
+
+
+def test_duplicate_ids() -> None:
+    err = rejected(body(3, item_ids=["a", "b", "a"]))
+    assert (err.status, err.field) == (422, "item_ids")
+    assert "'a'" in err.message
+
+
+@pytest.mark.parametrize("length", [0, 4, 6, 50])
+def test_state_of_wrong_length(length: int) -> None:
+    err = rejected(body(user_state=[0.1] * length))
+    assert (err.status, err.field) == (422, "user_state")
+
+
+def test_empty_candidates() -> None:
+    err = rejected(body(0))
+    assert (err.status, err.field) == (422, "item_ids")
+
+
+@pytest.mark.parametrize("item_ids", [None, "abc", {"a": 1}, 3])
+def test_item_ids_must_be_an_array(item_ids: Any) -> None:
+    err = rejected(body(item_ids=item_ids))
+    assert (err.status, err.field) == (422, "item_ids")
+
+
+def test_too_many_candidates_is_413() -> None:
+    err = rejected(body(51))
+    assert (err.status, err.code, err.field) == (413, "too_many_candidates", "item_ids")
+    err = rejected(body(3), Limits(max_candidates=2, max_top_n=100))
+    assert err.status == 413
+
+
+@pytest.mark.parametrize("top", [0, -1, True, False, 2.0, 2.5, "2", None, [2], 101, 10**6])
+def test_invalid_top_n(top: Any) -> None:
+    err = rejected(body(top_n=top))
+    assert (err.status, err.field) == (422, "top_n")
+
+
+def test_missing_top_n() -> None:
+    data = body()
+    del data["top_n"]
+    assert rejected(data).field == "top_n"
+
+
+@pytest.mark.parametrize("field", ["request_id", "session_id", "user_id"])
+@pytest.mark.parametrize("value", ["", "x" * 257, 5, True, ["a"]])
+def test_invalid_ids(field: str, value: Any) -> None:
+    err = rejected(body(**{field: value}))
+    assert (err.status, err.field) == (422, field)
+
+
+@pytest.mark.parametrize("field", ["session_id", "user_id"])
+def test_missing_required_ids(field: str) -> None:
+    data = body()
+    del data[field]
+    assert rejected(data).field == field
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 257, 7, None, True])
+def test_invalid_item_id(bad: Any) -> None:
+    err = rejected(body(3, item_ids=["a", bad, "c"]))
+    assert (err.status, err.field) == (422, "item_ids[1]")
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"[1, 2]", b'"text"', b"3", b"null", b"true"])
+def test_non_object_body(raw: bytes) -> None:
+    err = rejected(raw)
+    assert err.status == 422
+    assert err.code == "invalid_input"
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"{'a': 1}", b'{"a": 1,}', b"\xff\xfe", b"{}{}"])
+def test_malformed_json(raw: bytes) -> None:
+    err = rejected(raw)
+    assert (err.status, err.code) == (422, "invalid_json")
+
+
+def test_unknown_top_level_field() -> None:
+    err = rejected(body(candidates=[1, 2]))
+    assert (err.status, err.field) == (422, "candidates")
+
+
+def test_every_error_has_a_message() -> None:
+    for data in (body(0), body(top_n=0), body(user_state=[1.0])):
+        err = rejected(data)
+        assert isinstance(err.message, str) and err.message
