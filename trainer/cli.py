@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         p, "export-every", 0, type=int, help="publish a version every N transitions (0: at the end)"
     )
     _add(p, "updates-per-transition", 0.25, type=float)
+    _add(p, "min-replay", 256, type=_positive_int, help="transitions stored before training starts")
 
     p = sub.add_parser("simulate", help="train with TSH against the user simulator")
     _add(p, "config", None, type=Path, help="JSON file with sections sim, tsh, train")
@@ -119,6 +120,7 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
         max_events=args.max_events,
         export_every=int(args.export_every),
         updates_per_transition=float(args.updates_per_transition),
+        min_replay=int(args.min_replay),
     )
     try:
         trainer = StreamTrainer(args.model_dir, config, client)

@@ -78,8 +78,7 @@ class MFCBank(nn.Module):
         self.state_proj = nn.Linear(state_dim, k * h0)
         dims = [*self.hidden, 1]
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.empty(k, d_in, d_out))
-            for d_in, d_out in itertools.pairwise(dims)
+            nn.Parameter(torch.empty(k, d_in, d_out)) for d_in, d_out in itertools.pairwise(dims)
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(k, 1, d_out)) for d_out in dims[1:])
         self.reset_parameters()

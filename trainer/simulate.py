@@ -113,11 +113,12 @@ def train_on_simulator(
         result: EvalResult = evaluate(
             eval_sim, policy_score_fn(agent), tc.eval_sessions, tc.eval_seed
         )
-        row = {"step": float(step), **{f"eval_{k}": float(v) for k, v in result.summary().items()}}
+        summary = result.summary()
+        row = {"step": float(step), **{f"eval_{k}": v for k, v in summary.items()}}
         history.append(row)
         if log_metrics:
             log_metrics(row)
-        return row
+        return summary
 
     baseline = evaluate(eval_sim, plain_sum_score, tc.eval_sessions, tc.eval_seed).summary()
     obs = sim.reset(tc.n_users, seed=tc.seed, auto_reset=True)

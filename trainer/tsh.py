@@ -138,7 +138,7 @@ class TSHAgent:
         loss.backward()
         nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
         self.critic_opt.step()
-        return {"critic_loss": float(loss), "q_mean": float(q.mean())}
+        return {"critic_loss": float(loss.detach()), "q_mean": float(q.detach().mean())}
 
     def update_actor(self, batch: Batch) -> dict[str, float]:
         s = self.norm(_t(batch.state))
@@ -148,7 +148,7 @@ class TSHAgent:
         loss.backward()
         nn.utils.clip_grad_norm_(self.actor.parameters(), self.config.grad_clip)
         self.actor_opt.step()
-        return {"actor_loss": float(loss), "action_mean": float(action.mean())}
+        return {"actor_loss": float(loss.detach()), "action_mean": float(action.detach().mean())}
 
     def update_inner(self, batch: Batch) -> dict[str, float]:
         """Eq. 18 on a batch of requests: the current policy's outer stage is the label."""

@@ -23,8 +23,9 @@ def body(n: int = 4, **overrides: Any) -> dict[str, Any]:
         "user_id": "u-1",
         "user_state": [0.1, 0.2, 0.3, 0.4, 0.5],
         "item_ids": [f"i{j}" for j in range(n)],
-        "predictions": {t: [round(0.1 * (k + 1) + 0.01 * j, 3) for j in range(n)]
-                        for k, t in enumerate(TASKS)},
+        "predictions": {
+            t: [round(0.1 * (k + 1) + 0.01 * j, 3) for j in range(n)] for k, t in enumerate(TASKS)
+        },
         "top_n": 2,
     }
     data.update(overrides)
@@ -92,8 +93,16 @@ def test_limits_at_the_boundary_are_accepted() -> None:
     req = parse(body(50, top_n=100))
     assert len(req.item_ids) == 50 and req.top_n == 100
     long_id = "x" * 256
-    req = parse(body(1, item_ids=[long_id], session_id=long_id, user_id=long_id,
-                     request_id=long_id, predictions={t: [0.5] for t in TASKS}))
+    req = parse(
+        body(
+            1,
+            item_ids=[long_id],
+            session_id=long_id,
+            user_id=long_id,
+            request_id=long_id,
+            predictions={t: [0.5] for t in TASKS},
+        )
+    )
     assert req.item_ids == [long_id]
 
 
@@ -128,7 +137,9 @@ def test_wrong_prediction_length(length: int) -> None:
     assert (err.status, err.field) == (422, "predictions.skip")
 
 
-@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"nan", b"1e309", b"-1e309"])
+@pytest.mark.parametrize(
+    "literal", [b"NaN", b"Infinity", b"-Infinity", b"nan", b"1e309", b"-1e309"]
+)
 def test_non_finite_literals_are_invalid_json(literal: bytes) -> None:
     raw = orjson.dumps(body(2, predictions={t: [0.1, 0.2] for t in TASKS}))
     raw = raw.replace(b'"click":[0.1,0.2]', b'"click":[0.1,' + literal + b"]", 1)
@@ -178,8 +189,18 @@ def test_non_numbers_in_prediction_arrays(values: list[Any]) -> None:
     assert (err.status, err.field) == (422, "predictions.click")
 
 
-@pytest.mark.parametrize("state", [[0.1, 0.2, 0.3, 0.4, True], [0.1, 0.2, 0.3, 0.4, None],
-                                   [0.1, 0.2, 0.3, 0.4, "0.5"], None, "0.1", 0.1, {"a": 1}])
+@pytest.mark.parametrize(
+    "state",
+    [
+        [0.1, 0.2, 0.3, 0.4, True],
+        [0.1, 0.2, 0.3, 0.4, None],
+        [0.1, 0.2, 0.3, 0.4, "0.5"],
+        None,
+        "0.1",
+        0.1,
+        {"a": 1},
+    ],
+)
 def test_invalid_state(state: Any) -> None:
     err = rejected(body(user_state=state))
     assert (err.status, err.field) == (422, "user_state")

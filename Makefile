@@ -1,0 +1,37 @@
+# xmtf: the two commands a new machine needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned (torch==2.13.0, CPU build) through the `trainer` extra.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[scorer,trainer,loadtest,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: the whole loop (init -> scorer -> simulated users over HTTP -> Redis -> consume -> swap)
+demo: install
+	$(BIN)/python -m trainer.demo
+
+## test: the test suite (starts its own throwaway redis-server instances)
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy scorer shared
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache *.egg-info
