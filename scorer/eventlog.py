@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
@@ -176,7 +177,8 @@ class EventLogger:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for item in batch:
-                pipe.xadd(self.stream, self._encode(item), maxlen=self.maxlen, approximate=True)
+                fields: dict[Any, Any] = self._encode(item)
+                pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
             await pipe.execute()
         except Exception as exc:  # any Redis/network failure: keep the events, open the breaker
             self._requeue(batch)

@@ -257,7 +257,7 @@ def decode(fields: Mapping[bytes, bytes]) -> Event:
         raise EventDecodeError(f"data is not valid msgpack: {exc!r}") from exc
     if not isinstance(data, dict):
         raise EventDecodeError("data must be a map")
-    common = {
+    common: dict[str, Any] = {
         "request_id": _id(data, "request_id"),
         "session_id": _id(data, "session_id"),
         "user_id": _id(data, "user_id"),

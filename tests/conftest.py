@@ -36,8 +36,19 @@ class RedisServer:
         if exe is None:
             pytest.fail("redis-server is not installed (apt-get install redis-server)")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -82,7 +93,9 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trainer.tsh import TSHAgent
 
     model_dir = tmp_path_factory.mktemp("models")
-    agent = TSHAgent(make_tasks(["click", "like", "skip"], [1, 1, -1]), 5, TSHConfig(hidden=32), seed=3)
+    agent = TSHAgent(
+        make_tasks(["click", "like", "skip"], [1, 1, -1]), 5, TSHConfig(hidden=32), seed=3
+    )
     export_version(agent, model_dir, version="v0001")
     return model_dir
 

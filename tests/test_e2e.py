@@ -128,7 +128,8 @@ def test_loop_end_to_end(scorer: tuple[str, Path], redis_server: RedisServer) ->
     with httpx.Client(base_url=base, timeout=5) as client:
         v0 = client.get("/v1/model").json()
         assert v0["state_dim"] == STATE_DIM
-        assert [(t["name"], t["direction"]) for t in v0["tasks"]] == list(zip(TASKS, DIRECTIONS))
+        served = [(t["name"], t["direction"]) for t in v0["tasks"]]
+        assert served == list(zip(TASKS, DIRECTIONS, strict=True))
         transitions = sum(
             _session(client, rng, f"s{i}", int(rng.integers(2, 6))) for i in range(25)
         )
