@@ -167,9 +167,9 @@ class TSHAgent:
         nn.utils.clip_grad_norm_(self.mfc.parameters(), self.config.grad_clip)
         self.inner_opt.step()
         return {
-            "inner_loss": float(loss),
-            "transfer_loss": float(transfer),
-            "mono_loss": float(mono.sum()),
+            "inner_loss": float(loss.detach()),
+            "transfer_loss": float(transfer.detach()),
+            "mono_loss": float(mono.detach().sum()),
         }
 
     def sync_targets(self) -> None:
