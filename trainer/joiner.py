@@ -107,13 +107,15 @@ class SessionJoiner:
             step = sess.steps[0]
             if len(sess.steps) > 1:
                 out.append(self._transition(step, sess.steps[1].rank.state, False, ()))
-            elif sess.ended_after is not None:
+            elif sess.ended_after == step.rank.request_id:
+                # terminal only for the request the session_end names: an early session_end
+                # (delivered before the last rank) must not cut the session short
                 out.append(self._transition(step, step.rank.state, True, tuple(sess.end_entries)))
+                del self.sessions[session_id]
+                break
             else:
                 break
             sess.steps.pop(0)
-        if not sess.steps and sess.ended_after is not None:
-            del self.sessions[session_id]
         return out
 
     def _transition(
@@ -139,7 +141,11 @@ class SessionJoiner:
         """
         out: list[Transition] = []
         dropped: list[str] = []
-        for sid in [s for s, sess in self.sessions.items() if now_ts - sess.last_ts > timeout_s]:
+        idle = [s for s, sess in self.sessions.items() if now_ts - sess.last_ts > timeout_s]
+        # feedback whose rank never came (e.g. dropped by the logger) is acked, not held forever
+        for rid in [r for r, (fb, _) in self.orphans.items() if fb.session_id in idle]:
+            dropped += self.orphans.pop(rid)[1]
+        for sid in idle:
             sess = self.sessions.pop(sid)
             steps = [s for s in sess.steps if s.feedback is not None]
             dropped += [s.rank_entry for s in sess.steps if s.feedback is None]

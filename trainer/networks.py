@@ -149,7 +149,9 @@ class Actor(nn.Module):
             last.bias.fill_(math.atanh(max(min(y, 0.999), -0.999)))
 
     def forward(self, state_n: torch.Tensor) -> torch.Tensor:
-        return self.low + (self.high - self.low) * 0.5 * (torch.tanh(self.net(state_n)) + 1.0)
+        a = self.low + (self.high - self.low) * 0.5 * (torch.tanh(self.net(state_n)) + 1.0)
+        # float32 rounding can land one ulp outside the bounds when tanh saturates
+        return torch.clamp(a, self.low, self.high)
 
 
 class Critic(nn.Module):
