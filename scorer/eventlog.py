@@ -119,6 +119,7 @@ class EventLogger:
         self._retry_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._rng = np.random.default_rng()
 
     # ------------------------------------------------------------------ request path
@@ -138,7 +139,14 @@ class EventLogger:
         self._task = asyncio.create_task(self._run(), name="xmtf-event-logger")
 
     async def stop(self, drain_timeout: float = 2.0) -> None:
-        """Try to flush what is buffered (bounded by ``drain_timeout``), then stop."""
+        """Try to flush what is buffered (bounded by ``drain_timeout``), then stop.
+
+        The background task is told to stop by a flag as well as cancelled: redis-py can swallow
+        a cancellation that lands during a write (the write completes instead), and a loop that
+        relied on the cancellation alone would then run on, and ``stop`` would never return.
+        """
+        self._stopping = True
+        self._wake.set()
         deadline = self.clock() + drain_timeout
         while self.buffer and self.clock() < deadline and self.clock() >= self._retry_at:
             if not await self.flush_once():
@@ -150,14 +158,14 @@ class EventLogger:
         await self.redis.aclose()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
             self._wake.clear()
             wait = self._retry_at - self.clock()
             if wait > 0:  # circuit open: do not touch Redis until the backoff has passed
                 await asyncio.sleep(wait)
-            while self.buffer:
+            while self.buffer and not self._stopping:
                 if not await self.flush_once():
                     break
 

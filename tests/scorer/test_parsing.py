@@ -53,7 +53,7 @@ def test_happy_path_shapes_and_dtypes() -> None:
     assert req.predictions.shape == (3, 4) and req.predictions.dtype == np.float32
     assert req.item_ids == ["i0", "i1", "i2", "i3"]
     assert req.top_n == 2
-    np.testing.assert_array_equal(req.state[0], np.float32([0.1, 0.2, 0.3, 0.4, 0.5]))
+    np.testing.assert_array_equal(req.state[0], np.asarray([0.1, 0.2, 0.3, 0.4, 0.5], np.float32))
 
 
 def test_predictions_follow_the_served_task_order_not_the_json_key_order() -> None:
@@ -67,7 +67,7 @@ def test_predictions_follow_the_served_task_order_not_the_json_key_order() -> No
     req = parse_rank(raw, TASKS, STATE_DIM, LIMITS)
     np.testing.assert_array_equal(
         req.predictions,
-        np.float32([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.9, 0.8, 0.7]]),
+        np.asarray([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.9, 0.8, 0.7]], np.float32),
     )
     # the same body against a model that serves the tasks in another order
     other = parse_rank(raw, ("skip", "like", "click"), STATE_DIM, LIMITS)
@@ -77,7 +77,7 @@ def test_predictions_follow_the_served_task_order_not_the_json_key_order() -> No
 def test_integers_are_numbers() -> None:
     req = parse(body(2, user_state=[0, 1, 2, 3, 4], predictions={t: [0, 1] for t in TASKS}))
     assert req.state.dtype == np.float32 and req.predictions.dtype == np.float32
-    np.testing.assert_array_equal(req.predictions, np.float32([[0, 1]] * 3))
+    np.testing.assert_array_equal(req.predictions, np.asarray([[0, 1]] * 3, np.float32))
 
 
 def test_request_id_is_generated_when_absent() -> None:
@@ -304,3 +304,10 @@ def test_every_error_has_a_message() -> None:
     for data in (body(0), body(top_n=0), body(user_state=[1.0])):
         err = rejected(data)
         assert isinstance(err.message, str) and err.message
+
+
+def test_true_false_inside_strings_do_not_reject_numbers() -> None:
+    # the boolean check is only armed by a true/false token; ids containing it stay valid
+    req = parse(body(2, item_ids=["true", "false"], session_id="true"))
+    assert req.item_ids == ["true", "false"]
+    assert req.predictions.shape == (3, 2)

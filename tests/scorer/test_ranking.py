@@ -63,7 +63,7 @@ def test_explore_clips_to_the_bounds_and_reports_the_applied_noise() -> None:
 
 def test_explore_noise_std_scales_with_the_range() -> None:
     mu = np.full(20000, 0.3, np.float32)
-    action, noise = explore(mu, 0.01, -0.4, 1.0, np.random.default_rng(2))
+    _, noise = explore(mu, 0.01, -0.4, 1.0, np.random.default_rng(2))
     # std = 0.01 * 1.4; clipping is negligible this far from the bounds
     assert float(np.std(noise)) == pytest.approx(0.014, rel=0.05)
     assert abs(float(np.mean(noise))) < 0.001
