@@ -2,9 +2,13 @@
 
 Reads the stream with a consumer group (at-least-once): own pending entries first (after a
 crash), stale pending entries of dead consumers via ``XAUTOCLAIM``, then new ones. Events are
-joined into transitions; a transition is stored in the replay buffer, its request id recorded
-in a Redis set of trained requests, and only then are its entries acknowledged, so a redelivered
-entry is recognised and never trained twice. Malformed entries go to a dead-letter stream.
+joined into transitions. Storing a transition is one Redis transaction (MULTI/EXEC) that appends
+it to the durable replay stream ``<stream>:transitions``, records its request id in the
+``<stream>:trained`` sorted set and ``XACK``s its entries; only then does it enter the in-memory
+replay buffer. So a crash loses nothing (a restarted trainer rebuilds its replay buffer from the
+replay stream and re-reads what was not acknowledged) and counts nothing twice (a redelivered
+request id is recognised). Malformed entries go to a dead-letter stream. Entries that
+``MAXLEN ~`` trimmed before the group read them are counted as lost.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from redis.exceptions import ResponseError
 from shared.events import EventDecodeError, RankEvent, decode
 from shared.manifest import read_current
 from trainer.export import ExportResult, export_version, load_agent
-from trainer.joiner import RewardConfig, SessionJoiner, Transition
+from trainer.joiner import (
+    RewardConfig,
+    SessionJoiner,
+    Transition,
+    decode_transition,
+    encode_transition,
+)
 from trainer.replay import ReplayBuffer
 from trainer.tsh import TSHAgent
 
@@ -39,6 +49,7 @@ class ConsumeConfig:
     read_count: int = 500
     block_ms: int = 500
     claim_idle_ms: int = 600_000  # pending entries idle this long are claimed from dead consumers
+    dedupe_retention_s: float = 7 * 86400.0  # how long trained request ids are remembered
     session_timeout_s: float = 1800.0
     until_idle: bool = False
     max_events: int | None = None
@@ -57,6 +68,10 @@ class ConsumeConfig:
     def trained_key(self) -> str:
         return f"{self.stream}:trained"
 
+    @property
+    def transitions_stream(self) -> str:
+        return f"{self.stream}:transitions"
+
 
 @dataclass
 class ConsumeStats:
@@ -68,6 +83,9 @@ class ConsumeStats:
     updates: int = 0
     exports: list[str] = field(default_factory=list)
     last_metrics: dict[str, float] = field(default_factory=dict)
+
+    restored: int = 0  # transitions reloaded from the replay stream at start
+    lost: int = 0  # entries trimmed from the stream before this group read them
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -113,25 +131,48 @@ class StreamTrainer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def _read(self, pending: bool) -> list[tuple[str, dict[bytes, bytes]]]:
+    def _read(self, start: str = ">") -> list[tuple[str, dict[bytes, bytes]]]:
+        """New entries (``start=">"``) or this consumer's pending entries after ``start``."""
         cfg = self.config
         reply = self.redis.xreadgroup(
             cfg.group,
             cfg.consumer,
-            {cfg.stream: "0" if pending else ">"},
+            {cfg.stream: start},
             count=cfg.read_count,
-            block=None if pending else cfg.block_ms,
+            block=cfg.block_ms if start == ">" else None,
         )
-        entries = []
-        for _, items in reply or []:
-            for entry_id, fields in items:
-                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                entries.append((eid, fields))
-        return entries
+        return self._live([(eid, fields) for _, items in reply or [] for eid, fields in items])
 
-    def _claim_stale(self) -> list[tuple[str, dict[bytes, bytes]]]:
+    def _live(self, entries: list[tuple[Any, Any]]) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Decode ids; ack and count entries that ``MAXLEN ~`` deleted while pending."""
+        live, gone = [], []
+        for entry_id, fields in entries:
+            eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            if fields:
+                live.append((eid, fields))
+            else:
+                gone.append(eid)
+        if gone:
+            self.redis.xack(self.config.stream, self.config.group, *gone)
+            self.stats.lost += len(gone)
+            log.warning(
+                "%d pending entries were trimmed from the stream before training", len(gone)
+            )
+        return live
+
+    def _read_own_pending(self) -> None:
+        """Re-process everything this consumer name left unacknowledged (after a crash)."""
+        start = "0"
+        while True:
+            entries = self._read(start)
+            if not entries:
+                return
+            self._process(entries)
+            start = entries[-1][0]
+
+    def _claim_stale(self) -> None:
+        """Take over entries that other (dead) consumers of the group left pending."""
         cfg = self.config
-        claimed: list[tuple[str, dict[bytes, bytes]]] = []
         start = "0-0"
         while True:
             reply = self.redis.xautoclaim(
@@ -142,13 +183,37 @@ class StreamTrainer:
                 start_id=start,
                 count=cfg.read_count,
             )
-            start = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-            for entry_id, fields in reply[1]:
-                if fields:  # entries deleted by MAXLEN come back empty
-                    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    claimed.append((eid, fields))
+            start = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            self._process(self._live(reply[1]))
+            if len(reply) > 2 and reply[2]:  # Redis >= 7: ids deleted while pending
+                self.stats.lost += len(reply[2])
             if start == "0-0":
-                return claimed
+                return
+
+    def _count_trimmed_unread(self) -> None:
+        """Entries appended but trimmed before the group read them (Redis >= 7 lag info)."""
+        cfg = self.config
+        try:
+            added = int(self.redis.xinfo_stream(cfg.stream)["entries-added"])
+            group = next(
+                g
+                for g in self.redis.xinfo_groups(cfg.stream)
+                if g["name"] in (cfg.group, cfg.group.encode())
+            )
+            read, lag = group.get("entries-read"), group.get("lag")
+        except (KeyError, StopIteration, redis.ResponseError):
+            return
+        if read is None and group.get("last-delivered-id") in ("0-0", b"0-0"):
+            read = 0  # a group that has read nothing yet
+        if read is not None and lag is not None:
+            trimmed = max(0, added - int(read) - int(lag))
+            if trimmed:
+                self.stats.lost += trimmed
+                log.warning(
+                    "%d entries were trimmed by MAXLEN before this group read them: "
+                    "raise XMTF_EVENTS_MAXLEN or consume faster",
+                    trimmed,
+                )
 
     def _dead_letter(self, entry_id: str, fields: dict[bytes, bytes], reason: str) -> None:
         cfg = self.config
@@ -205,24 +270,47 @@ class StreamTrainer:
         return ready
 
     def store(self, transitions: list[Transition]) -> int:
-        """Store new transitions, record their ids as trained and ack their entries (in that
-        order). Returns how many were new."""
+        """Durably store the new transitions, record their ids and ack their entries in one
+        transaction, then add them to the replay buffer. Returns how many were new."""
         if not transitions:
             return 0
         cfg = self.config
-        seen = self.redis.smismember(cfg.trained_key, [t.request_id for t in transitions])
-        fresh = [t for t, s in zip(transitions, seen, strict=True) if not s]
+        scores = self.redis.zmscore(cfg.trained_key, [t.request_id for t in transitions])
+        fresh = [t for t, score in zip(transitions, scores, strict=True) if score is None]
         self.stats.duplicates += len(transitions) - len(fresh)
+        pipe = self.redis.pipeline(transaction=True)
+        for t in fresh:
+            pipe.xadd(
+                cfg.transitions_stream,
+                encode_transition(t),  # type: ignore[arg-type]
+                maxlen=cfg.replay_capacity,
+                approximate=True,
+            )
+        if fresh:
+            now = time.time()
+            pipe.zadd(cfg.trained_key, {t.request_id: now for t in fresh})
+        pipe.xack(cfg.stream, cfg.group, *[e for t in transitions for e in t.entry_ids])
+        pipe.execute()
         if fresh:
             self.agent.observe(np.stack([t.state for t in fresh]))
             self._add_to_replay(fresh)
-        pipe = self.redis.pipeline(transaction=True)
-        if fresh:
-            pipe.sadd(cfg.trained_key, *[t.request_id for t in fresh])
-        pipe.xack(cfg.stream, cfg.group, *[e for t in transitions for e in t.entry_ids])
-        pipe.execute()
         self.stats.transitions += len(fresh)
         return len(fresh)
+
+    def restore_replay(self) -> int:
+        """Reload the newest ``replay_capacity`` transitions from the replay stream."""
+        cfg = self.config
+        entries = self.redis.xrevrange(cfg.transitions_stream, count=cfg.replay_capacity)
+        restored = []
+        for entry_id, fields in reversed(entries):
+            try:
+                restored.append(decode_transition(fields))
+            except ValueError as exc:
+                log.warning("skipping replay entry %s: %s", entry_id, exc)
+        if restored:
+            self._add_to_replay(restored)
+        self.stats.restored = len(restored)
+        return len(restored)
 
     def _add_to_replay(self, transitions: list[Transition]) -> None:
         by_width: dict[int, list[Transition]] = {}
@@ -291,10 +379,13 @@ class StreamTrainer:
         """Consume until idle (``until_idle``), ``max_events``, or forever."""
         cfg = self.config
         self.ensure_group()
-        self._process(self._read(pending=True))  # what this consumer left un-acked last time
-        self._process(self._claim_stale())
+        self.redis.zremrangebyscore(cfg.trained_key, "-inf", time.time() - cfg.dedupe_retention_s)
+        self.restore_replay()
+        self._count_trimmed_unread()
+        self._read_own_pending()
+        self._claim_stale()
         while cfg.max_events is None or self.stats.events < cfg.max_events:
-            entries = self._read(pending=False)
+            entries = self._read()
             if not entries and cfg.until_idle:
                 break
             self._process(entries)

@@ -122,7 +122,7 @@ def test_restart_after_crash_resumes_pending_entries(
     expected = _log_sessions(client, n_sessions=3, steps=3)
     crashed = StreamTrainer(model_dir, _config(redis_server))
     crashed.ensure_group()
-    delivered = crashed._read(pending=False)  # delivered, then the process "dies" before acking
+    delivered = crashed._read()  # delivered, then the process "dies" before acking
     assert delivered and _pending(client) == len(delivered)
 
     stats = StreamTrainer(model_dir, _config(redis_server)).run()  # same consumer name restarts
