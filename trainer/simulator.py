@@ -16,6 +16,28 @@ World
   threshold) and a bait sensitivity. The state shows noisy versions of these traits as profile
   features, never the traits or the satisfaction themselves.
 
+Populations
+-----------
+``SimConfig.data_dir`` (or, when it is ``None``, ``$XMTF_KUAIRAND_DIR``) may name a
+KuaiRand-Pure folder (``user_features_pure.csv``, ``video_features_basic_pure.csv``, read by
+:mod:`trainer.kuairand`); without one the synthetic population above is used. With one:
+
+* the items are the 7,583 real videos, with their real durations (unknown ones drawn from the
+  split-lognormal) and their tags as categories (the first tag sets the fatigue category; the
+  latent vector lies around the mean centre of all its tags); ads are baitier and each upload
+  type shifts quality; ``n_items`` and ``n_categories`` come from the table;
+* each session draws a real user (uniformly). The user's traits are fixed per user and derived
+  from the profile: activity level from ``user_active_degree`` (then follows and friends) with
+  the same 30/40/30 % split, interactivity from the social counts (friends, fans, author and
+  live-streamer flags), patience from ``register_days``, bait sensitivity and latent
+  preferences from an embedding of the anonymous ``onehot_feat*`` categories. Each hidden
+  trait correlates 0.8 with the visible profile score that the state shows in the same
+  columns as the synthetic profile (``activity_*``, ``profile_social``, ``profile_tenure``,
+  ``profile_bait``, ``profile_latent*``), so ``state_dim`` does not change.
+
+Every feedback mechanism and parameter is shared, so both populations give feedback rates
+close to the paper's Table 6 under a reasonable ranker.
+
 Per request
 -----------
 ``n_candidates`` distinct items are drawn from the pool. The true feedback probabilities come
@@ -53,9 +75,12 @@ against retention accordingly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
+import os
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +89,7 @@ from typing import Any
 import numpy as np
 
 from shared.tasks import DEFAULT_TASK_NAMES
+from trainer import kuairand
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +196,18 @@ class SimConfig:
     # state
     ema_decay: float = 0.7
     seconds_per_item_overhead: float = 2.0
+    # population: a KuaiRand-Pure folder (user_features_pure.csv, video_features_basic_pure.csv).
+    # None: $XMTF_KUAIRAND_DIR if set, else synthetic; "": synthetic; a folder without the two
+    # files: synthetic, with a warning. See ``resolve_data_dir``.
+    data_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.data_dir, os.PathLike):
+            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ValueError(
+                f"SimConfig.data_dir must be a path string or None, got {self.data_dir!r}"
+            )
         positive = ("n_candidates", "top_n", "max_steps", "n_items", "latent_dim", "n_categories")
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -210,6 +246,12 @@ class SimConfig:
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:
     """Check and convert a JSON value to the field's scalar type."""
+    if key == "data_dir":
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise ValueError(f"SimConfig.data_dir must be a path string or null, got {value!r}")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"SimConfig.{key} must be a number, got {value!r}")
     if type_name in ("int", int):
@@ -312,6 +354,196 @@ def _make_items(config: SimConfig, rng: np.random.Generator) -> _Items:
     )
 
 
+# ----------------------------------------------------------------- real KuaiRand population
+def resolve_data_dir(data_dir: str | None) -> Path | None:
+    """The KuaiRand-Pure folder a config asks for, or ``None`` for the synthetic population.
+
+    ``None`` looks at ``$XMTF_KUAIRAND_DIR`` only (library code never guesses a path); ``""``
+    means synthetic. A folder lacking ``user_features_pure.csv`` or
+    ``video_features_basic_pure.csv`` falls back to synthetic with a warning.
+    """
+    if data_dir == "":
+        return None
+    explicit = data_dir is not None
+    if not explicit:
+        data_dir = os.environ.get(kuairand.ENV_DIR) or None
+        if data_dir is None:
+            return None
+    folder = Path(data_dir).expanduser()
+    files = (folder / kuairand.USER_FEATURES_FILE, folder / kuairand.VIDEO_FEATURES_FILE)
+    found = folder if all(f.is_file() for f in files) else None
+    if found is None:
+        source = "SimConfig.data_dir" if explicit else f"${kuairand.ENV_DIR}"
+        logger.warning(
+            "%s=%s lacks %s or %s; using the synthetic population",
+            source,
+            data_dir,
+            kuairand.USER_FEATURES_FILE,
+            kuairand.VIDEO_FEATURES_FILE,
+        )
+    return found
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tables(
+    folder: str, stamp: tuple[int, int]
+) -> tuple[kuairand.UserFeatures, kuairand.VideoFeatures]:
+    """Both feature tables of ``folder`` (cached per modification times ``stamp``)."""
+    del stamp  # part of the cache key only
+    base = Path(folder)
+    users = kuairand.load_user_features(base / kuairand.USER_FEATURES_FILE)
+    videos = kuairand.load_video_features(base / kuairand.VIDEO_FEATURES_FILE)
+    return users, videos
+
+
+def load_kuairand_tables(folder: Path) -> tuple[kuairand.UserFeatures, kuairand.VideoFeatures]:
+    """The user and video tables of a KuaiRand-Pure folder, read once per process."""
+    files = (folder / kuairand.USER_FEATURES_FILE, folder / kuairand.VIDEO_FEATURES_FILE)
+    stamp = (files[0].stat().st_mtime_ns, files[1].stat().st_mtime_ns)
+    return _load_tables(str(folder.resolve()), stamp)
+
+
+def _gaussianize(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Normal scores of ``x``: ranks (ties broken at random) mapped to N(0, 1) quantiles."""
+    n = len(x)
+    order = np.lexsort((rng.random(n), np.nan_to_num(x, nan=float(np.nanmedian(x)))))
+    dist = statistics.NormalDist()
+    quantiles = np.array([dist.inv_cdf((i + 0.5) / n) for i in range(n)])
+    out = np.empty(n)
+    out[order] = quantiles
+    return out
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    x = np.nan_to_num(np.asarray(x, np.float64), nan=float(np.nanmedian(x)))
+    return (x - x.mean()) / max(float(x.std()), 1e-9)
+
+
+def _make_real_items(
+    config: SimConfig, rng: np.random.Generator, videos: kuairand.VideoFeatures
+) -> _Items:
+    """The KuaiRand videos: real durations and tags, simulated latent scores.
+
+    The category (for fatigue) is the first tag, ordered by frequency (videos without a tag
+    form one more category); the latent vector lies around the mean of the centres of all the
+    video's tags. Unknown durations are drawn from :func:`sample_durations`. Ads are baitier,
+    and each upload type shifts quality a little.
+    """
+    n, dim = len(videos), config.latent_dim
+    category = _rank_codes(videos.primary_tag)
+    tag_matrix, _ = videos.tag_matrix()
+    centres = _unit(rng.standard_normal((tag_matrix.shape[1], dim)))
+    mix = _unit(tag_matrix @ centres) * (tag_matrix.sum(axis=1, keepdims=True) > 0)
+    latent = _unit(mix * config.category_strength + rng.standard_normal((n, dim)))
+    duration = videos.duration_s.astype(np.float64).copy()
+    unknown = np.isnan(duration)
+    duration[unknown] = sample_durations(rng, int(unknown.sum()), config)
+    duration = np.clip(duration, config.duration_min_s, config.duration_max_s).astype(np.float32)
+    log_d = np.log(duration)
+    z_dur = (log_d - log_d.mean()) / max(float(log_d.std()), 1e-9)
+    c = config.bait_duration_corr
+    bait = c * z_dur + math.sqrt(1.0 - c * c) * rng.standard_normal(n)
+    names = videos.video_type_names
+    if "AD" in names:
+        bait = bait + 1.0 * (videos.video_type == names.index("AD"))
+    upload_effect = 0.5 * rng.standard_normal(len(videos.upload_type_names) + 1)
+    quality = (upload_effect[videos.upload_type] + rng.standard_normal(n)) / math.sqrt(1.25)
+    return _Items(
+        latent=latent.astype(np.float32),
+        category=category.astype(np.int64),
+        duration=duration,
+        bait=bait.astype(np.float32),
+        quality=quality.astype(np.float32),
+        social=rng.standard_normal(n).astype(np.float32),
+    )
+
+
+def _rank_codes(values: np.ndarray) -> np.ndarray:
+    """Codes 0, 1, ... of ``values`` by descending frequency (ties: smaller value first)."""
+    distinct, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    order = np.lexsort((distinct, -counts))
+    code = np.empty(len(distinct), np.int64)
+    code[order] = np.arange(len(distinct))
+    return code[inverse.ravel()]
+
+
+@dataclass(frozen=True)
+class _Population:
+    """Fixed traits and visible profile of every real user (arrays over users)."""
+
+    user_id: np.ndarray  # (P,) int64
+    latent: np.ndarray  # (P, L) float32 unit norm
+    activity: np.ndarray  # (P,) int64 in {0, 1, 2}
+    traits: np.ndarray  # (P, 3) float64: interactivity, patience, bait sensitivity ~ N(0, 1)
+    profile: np.ndarray  # (P, 6 + profile_latent_dims) float32 state profile features
+
+
+def _make_population(
+    config: SimConfig, rng: np.random.Generator, users: kuairand.UserFeatures, proj: np.ndarray
+) -> _Population:
+    """Real users' traits from their profiles (SimConfig.seed fixes the hidden parts).
+
+    * activity level (30/40/30 % low/mid/high, as the synthetic users): the rank by
+      ``user_active_degree``, ties broken by follows + friends;
+    * interactivity <- social score (friends, fans, video author, live streamer);
+    * patience <- tenure (``register_days``);
+    * bait sensitivity <- a projection of the anonymous ``onehot_feat*`` categories;
+    * latent preferences <- an embedding of the ``onehot_feat*`` categories (users sharing
+      categories have similar tastes).
+
+    Each hidden trait is ``r * visible + sqrt(1 - r^2) * N(0, 1)`` where the visible score
+    (normal scores over the population) is what the state's profile part shows, and
+    ``r = 0.8 / sqrt(0.64 + profile_noise^2)`` is the synthetic population's correlation
+    between a trait and its visible feature (0.8 with the defaults).
+    """
+    n, dim = len(users), config.latent_dim
+    corr = 0.8 / math.sqrt(0.64 + config.profile_noise**2)
+    # activity: rank by degree, then by how connected the user is
+    degree = np.where(users.active_degree >= 0, users.active_degree, 5).astype(np.float64)
+    connected = np.log1p(np.nan_to_num(users.follow_user_num)) + np.log1p(
+        np.nan_to_num(users.friend_user_num)
+    )
+    activity_rank = _gaussianize(degree + 0.01 * _gaussianize(connected, rng), rng)
+    cuts = np.quantile(activity_rank, np.cumsum(_P_ACTIVITY)[:-1])
+    activity = np.searchsorted(cuts, activity_rank, side="right").astype(np.int64)
+    # social and tenure scores
+    social = (
+        _zscore(np.log1p(np.nan_to_num(users.friend_user_num)))
+        + _zscore(np.log1p(np.nan_to_num(users.fans_user_num)))
+        + 0.5 * np.nan_to_num(users.is_video_author)
+        + 0.5 * np.nan_to_num(users.is_live_streamer)
+    )
+    tenure = np.log1p(np.nan_to_num(users.register_days))
+    # the onehot categories: a random vector per (feature, value), summed per user
+    embed = np.zeros((n, dim + 1))
+    onehot = users.onehot
+    for j in range(onehot.shape[1]):
+        col = onehot[:, j]
+        known = ~np.isnan(col)
+        _, codes = np.unique(col[known], return_inverse=True)
+        table = rng.standard_normal((int(codes.max(initial=-1)) + 1, dim + 1))
+        embed[known] += table[codes.ravel()]
+    embed = (embed - embed.mean(axis=0)) / np.maximum(embed.std(axis=0), 1e-9)
+    visible = np.stack(
+        [_gaussianize(social, rng), _gaussianize(tenure, rng), _gaussianize(embed[:, -1], rng)],
+        axis=1,
+    )
+    noise_scale = math.sqrt(1.0 - corr**2)
+    traits = corr * visible + noise_scale * rng.standard_normal((n, 3))
+    pref = embed[:, :dim]
+    latent = _unit(corr * pref + noise_scale * rng.standard_normal((n, dim)))
+    profile_latent = pref @ proj.T / math.sqrt(dim)
+    one_hot = np.eye(_N_ACTIVITY)[activity]
+    profile = np.concatenate([one_hot, visible, profile_latent], axis=1)
+    return _Population(
+        user_id=users.user_id.copy(),
+        latent=latent.astype(np.float32),
+        activity=activity,
+        traits=traits,
+        profile=profile.astype(np.float32),
+    )
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -339,8 +571,12 @@ def top_n_indices(scores: np.ndarray, n: int) -> np.ndarray:
 class _Users:
     """Per-slot user traits and session state, all arrays with a leading user axis."""
 
-    def __init__(self, n: int, config: SimConfig) -> None:
+    def __init__(
+        self, n: int, config: SimConfig, n_categories: int, population: _Population | None
+    ) -> None:
         dim, p = config.latent_dim, config.profile_latent_dims
+        self.population = population
+        self.user_id = np.full(n, -1, np.int64)
         self.latent = np.zeros((n, dim), np.float32)
         self.activity = np.zeros(n, np.int64)
         self.interact = np.zeros(n, np.float32)
@@ -353,28 +589,36 @@ class _Users:
         self.session_watch = np.zeros(n, np.float64)
         self.ema = np.zeros((n, 7), np.float32)
         self.last = np.zeros((n, 3), np.float32)
-        self.exposure = np.zeros((n, config.n_categories), np.float32)
+        self.exposure = np.zeros((n, n_categories), np.float32)
         self.active = np.ones(n, bool)
 
     def init_rows(
         self, rows: np.ndarray, rng: np.random.Generator, config: SimConfig, proj: np.ndarray
     ) -> None:
-        """Replace the users in ``rows`` by fresh random users at the start of a session."""
+        """Start a session in ``rows``: a fresh random user, or a random real user."""
         m = len(rows)
         if m == 0:
             return
-        latent = _unit(rng.standard_normal((m, config.latent_dim))).astype(np.float32)
-        activity = rng.choice(_N_ACTIVITY, size=m, p=_P_ACTIVITY)
-        traits = rng.standard_normal((m, 3))  # interactivity, patience, bait sensitivity
-        noise = rng.standard_normal((m, 3 + proj.shape[0])) * config.profile_noise
+        pop = self.population
+        if pop is None:
+            latent = _unit(rng.standard_normal((m, config.latent_dim))).astype(np.float32)
+            activity = rng.choice(_N_ACTIVITY, size=m, p=_P_ACTIVITY)
+            traits = rng.standard_normal((m, 3))  # interactivity, patience, bait sensitivity
+            noise = rng.standard_normal((m, 3 + proj.shape[0])) * config.profile_noise
+            one_hot = np.eye(_N_ACTIVITY, dtype=np.float32)[activity]
+            visible = np.concatenate([0.8 * traits, latent @ proj.T * 0.8], axis=1) + noise
+            profile = np.concatenate([one_hot, visible], axis=1)
+        else:
+            who = rng.integers(0, len(pop.user_id), size=m)
+            latent, activity, traits = pop.latent[who], pop.activity[who], pop.traits[who]
+            profile = pop.profile[who]
+            self.user_id[rows] = pop.user_id[who]
         self.latent[rows] = latent
         self.activity[rows] = activity
         self.interact[rows] = config.user_interact_std * traits[:, 0]
         self.threshold[rows] = config.exit_threshold - config.patience_std * traits[:, 1]
         self.bait_sens[rows] = 1.0 + config.bait_sensitivity_std * traits[:, 2]
-        one_hot = np.eye(_N_ACTIVITY, dtype=np.float32)[activity]
-        visible = np.concatenate([0.8 * traits, latent @ proj.T * 0.8], axis=1) + noise
-        self.profile[rows] = np.concatenate([one_hot, visible], axis=1)
+        self.profile[rows] = profile
         sat0 = config.sat_init + config.sat_init_activity * (activity - 1)
         self.sat[rows] = sat0 + config.sat_init_std * rng.standard_normal(m)
         self.tod[rows] = rng.random(m) * 24.0
@@ -411,10 +655,26 @@ class UserSimulator:
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config if config is not None else SimConfig()
         world = np.random.default_rng(np.random.SeedSequence([self.config.seed, 0]))
-        self.items = _make_items(self.config, world)
+        self.data_dir = resolve_data_dir(self.config.data_dir)
+        tables = load_kuairand_tables(self.data_dir) if self.data_dir is not None else None
+        if tables is None:
+            self.items = _make_items(self.config, world)
+            self.item_video_ids = np.arange(self.config.n_items, dtype=np.int64)
+        else:
+            self.items = _make_real_items(self.config, world, tables[1])
+            self.item_video_ids = tables[1].video_id.copy()
         self._proj = _unit(
             world.standard_normal((self.config.profile_latent_dims, self.config.latent_dim))
         ).astype(np.float32) * math.sqrt(self.config.latent_dim)
+        self._population = (
+            _make_population(self.config, world, tables[0], self._proj)
+            if tables is not None
+            else None
+        )
+        self.n_items = len(self.items.duration)
+        self.n_categories = int(self.items.category.max()) + 1
+        if self.config.n_candidates > self.n_items:
+            raise ValueError(f"n_candidates must be <= the {self.n_items} items")
         self._int_base = np.array(
             [getattr(self.config, f"base_{t}") for t in _INTERACT], np.float32
         )
@@ -446,6 +706,15 @@ class UserSimulator:
         """(n_items,) int64 category of each item."""
         return self.items.category
 
+    @property
+    def population(self) -> str:
+        """``"kuairand"`` (real user profiles and videos) or ``"synthetic"``."""
+        return "synthetic" if self._population is None else "kuairand"
+
+    def user_ids(self) -> np.ndarray:
+        """(U,) int64 real KuaiRand ``user_id`` of each slot's user (-1 when synthetic)."""
+        return self._require_users().user_id.copy()
+
     def true_probabilities(self) -> np.ndarray:
         """(U, C, K) true marginal feedback probabilities of the current candidates (oracle)."""
         return self._require_cand().marginals.astype(np.float32)
@@ -467,7 +736,7 @@ class UserSimulator:
         if seed is not None:
             self._rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, 2, seed]))
         self._auto_reset = auto_reset
-        self._users = _Users(n_users, self.config)
+        self._users = _Users(n_users, self.config, self.n_categories, self._population)
         self._users.init_rows(np.arange(n_users), self._rng, self.config, self._proj)
         self._obs = self._observe()
         return self._obs
@@ -574,8 +843,9 @@ class UserSimulator:
         cats = self.items.category[ids]
         n_users = len(active)
         seen = np.take_along_axis(users.exposure, cats, axis=1)
-        flat = (np.arange(n_users)[:, None] * cfg.n_categories + cats).ravel()
-        counts = np.bincount(flat, minlength=n_users * cfg.n_categories).reshape(n_users, -1)
+        n_cat = self.n_categories
+        flat = (np.arange(n_users)[:, None] * n_cat + cats).ravel()
+        counts = np.bincount(flat, minlength=n_users * n_cat).reshape(n_users, -1)
         within = np.take_along_axis(counts, cats, axis=1) - 1
         repeat = np.minimum(seen + within, 3.0)
         users.exposure *= cfg.fatigue_decay
@@ -647,7 +917,7 @@ class UserSimulator:
     def _sample_candidates(self, n_users: int) -> np.ndarray:
         """(U, C) distinct item ids per row: draw with replacement, redraw duplicates."""
         cfg, rng = self.config, self._rng
-        ids = rng.integers(0, cfg.n_items, size=(n_users, cfg.n_candidates), dtype=np.int64)
+        ids = rng.integers(0, self.n_items, size=(n_users, cfg.n_candidates), dtype=np.int64)
         for _ in range(100):
             order = np.argsort(ids, axis=1, kind="stable")
             ordered = np.take_along_axis(ids, order, axis=1)
@@ -656,7 +926,7 @@ class UserSimulator:
             if not dup_sorted.any():
                 return ids
             rows, cols = np.nonzero(dup_sorted)
-            ids[rows, order[rows, cols]] = rng.integers(0, cfg.n_items, size=len(rows))
+            ids[rows, order[rows, cols]] = rng.integers(0, self.n_items, size=len(rows))
         raise RuntimeError("could not draw distinct candidates")
 
     def _observe(self) -> Observation:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,35 @@ TARGET_RATES = {
     "comment": 0.0025,
     "share": 0.0009,
 }
+
+
+#: The synthetic KuaiRand fixture (same formats as the real files, 36 users, 50 videos).
+FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "kuairand"
+
+
+def _real_data_dir() -> Path | None:
+    """$XMTF_KUAIRAND_DIR, else ``shared/data/kuairand-pure`` beside the checkout."""
+    env = os.environ.get("XMTF_KUAIRAND_DIR")
+    folder = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
+    if not env:
+        folder = folder / "kuairand-pure"
+    return folder if (folder / "video_features_basic_pure.csv").is_file() else None
+
+
+REAL_DIR = _real_data_dir()
+needs_real = pytest.mark.skipif(
+    REAL_DIR is None,
+    reason="real KuaiRand-Pure data absent: set XMTF_KUAIRAND_DIR or place it in "
+    "../shared/data/kuairand-pure beside the checkout",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _synthetic_by_default() -> Iterator[None]:
+    """SimConfig() honours $XMTF_KUAIRAND_DIR: unset it so the defaults mean synthetic here."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("XMTF_KUAIRAND_DIR", raising=False)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -308,3 +340,143 @@ def test_config_replace_and_validation() -> None:
     obs = sim.reset(3, seed=0)
     assert obs.predictions.shape == (3, 20, K)
     assert sim.step_scores(obs.predictions[..., 0]).watch_time.shape == (3, 4)
+
+
+# ------------------------------------------------------------------ populations and data_dir
+def test_default_population_is_synthetic(sim: UserSimulator) -> None:
+    assert sim.config.data_dir is None and sim.data_dir is None
+    assert sim.population == "synthetic"
+    assert sim.n_items == sim.config.n_items and sim.n_categories == sim.config.n_categories
+    sim.reset(4, seed=0)
+    assert np.all(sim.user_ids() == -1)
+    np.testing.assert_array_equal(sim.item_video_ids, np.arange(sim.config.n_items))
+
+
+def test_data_dir_config_values(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = SimConfig().replace(data_dir=str(FIXTURE_DIR))
+    assert cfg.data_dir == str(FIXTURE_DIR)
+    assert SimConfig(data_dir=FIXTURE_DIR).data_dir == str(FIXTURE_DIR)  # type: ignore[arg-type]
+    assert cfg.replace(data_dir=None).data_dir is None
+    with pytest.raises(ValueError, match="data_dir"):
+        SimConfig().replace(data_dir=3)
+    world = tmp_path / "world.json"
+    world.write_text(json.dumps({"data_dir": str(FIXTURE_DIR), "n_candidates": 20}))
+    assert SimConfig.from_file(world).data_dir == str(FIXTURE_DIR)
+    # a folder without the two feature files: the synthetic population, with a warning
+    with caplog.at_level(logging.WARNING, logger="trainer.simulator"):
+        fallback = UserSimulator(SimConfig(data_dir=str(tmp_path / "absent")))
+    assert fallback.population == "synthetic"
+    assert "absent" in caplog.text
+
+
+def test_env_var_and_empty_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XMTF_KUAIRAND_DIR", str(FIXTURE_DIR))
+    assert UserSimulator(SimConfig(n_candidates=20)).population == "kuairand"
+    assert UserSimulator(SimConfig(n_candidates=20, data_dir="")).population == "synthetic"
+
+
+@pytest.fixture(scope="module")
+def fixture_sim() -> UserSimulator:
+    return UserSimulator(SimConfig(data_dir=str(FIXTURE_DIR), n_candidates=20))
+
+
+def test_fixture_population_uses_the_tables(fixture_sim: UserSimulator) -> None:
+    from trainer.kuairand import load_user_features, load_video_features
+
+    sim = fixture_sim
+    users = load_user_features(FIXTURE_DIR / "user_features_pure.csv")
+    videos = load_video_features(FIXTURE_DIR / "video_features_basic_pure.csv")
+    assert sim.population == "kuairand" and sim.data_dir == FIXTURE_DIR
+    assert sim.n_items == len(videos) == 50
+    np.testing.assert_array_equal(sim.item_video_ids, videos.video_id)
+    known = ~np.isnan(videos.duration_s)
+    np.testing.assert_allclose(sim.item_durations[known], videos.duration_s[known], rtol=1e-6)
+    assert np.all(np.isfinite(sim.item_durations)) and sim.item_durations.min() > 0
+    # categories are the videos' first tags (videos without a tag form one category)
+    assert sim.n_categories == len(np.unique(videos.primary_tag))
+    for tag in np.unique(videos.primary_tag):
+        assert len(np.unique(sim.item_categories[videos.primary_tag == tag])) == 1
+    obs = sim.reset(64, seed=0)
+    assert obs.state.shape == (64, 24) and sim.state_dim == 24
+    assert np.isin(sim.user_ids(), users.user_id).all()
+    # the profile part of the state is a fixed function of the real user
+    ids = sim.user_ids()
+    profile = obs.state[:, :10]
+    for uid in np.unique(ids):
+        rows = profile[ids == uid]
+        np.testing.assert_array_equal(rows, np.broadcast_to(rows[0], rows.shape))
+    res = sim.step_scores(obs.predictions[..., 0] + obs.predictions[..., 1])
+    assert res.signals.shape == (64, sim.config.top_n, K)
+    assert np.all(np.isfinite(res.observation.state))
+
+
+def test_fixture_population_deterministic() -> None:
+    def run() -> list[np.ndarray]:
+        sim = UserSimulator(SimConfig(data_dir=str(FIXTURE_DIR), n_candidates=20))
+        obs = sim.reset(16, seed=3)
+        out = [obs.state, sim.user_ids()]
+        for _ in range(5):
+            res = sim.step_scores(obs.predictions[..., 1])
+            obs = res.observation
+            out += [res.reward, res.signals, obs.state, sim.user_ids()]
+        return out
+
+    for a, b in zip(run(), run(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def real_sim() -> UserSimulator:
+    assert REAL_DIR is not None
+    return UserSimulator(SimConfig(data_dir=str(REAL_DIR)))
+
+
+@needs_real
+def test_real_population_tables(real_sim: UserSimulator) -> None:
+    sim = real_sim
+    assert sim.population == "kuairand"
+    assert sim.n_items == 7_583 and sim.state_dim == UserSimulator(SimConfig()).state_dim
+    q10, q50, q90 = np.percentile(sim.item_durations, [10, 50, 90])
+    assert q10 == pytest.approx(14.6, rel=0.05)
+    assert q50 == pytest.approx(81.2, rel=0.05)
+    assert q90 == pytest.approx(237.9, rel=0.05)
+    obs = sim.reset(4000, seed=1)
+    ids = sim.user_ids()
+    assert ids.min() >= 0 and ids.max() < 27_285 and len(np.unique(ids)) > 3000
+    # activity levels 30/40/30 as in the synthetic population; visible scores inform traits
+    levels = obs.state[:, :3].mean(axis=0)
+    np.testing.assert_allclose(levels, [0.3, 0.4, 0.3], atol=0.04)
+    users = sim._users
+    assert users is not None
+    assert np.corrcoef(obs.state[:, 3], users.interact)[0, 1] > 0.6
+    assert np.corrcoef(obs.state[:, 4], -users.threshold)[0, 1] > 0.6
+    assert np.corrcoef(obs.state[:, 5], users.bait_sens)[0, 1] > 0.6
+
+
+@needs_real
+def test_real_population_rates_under_reasonable_ranker(real_sim: UserSimulator) -> None:
+    signals, watch, durations = _collect(real_sim, reasonable, 1024, 60, seed=6)
+    rates = dict(zip(TASKS, signals.mean(axis=0), strict=True))
+    for task in ("click", "long_view"):
+        assert abs(rates[task] - TARGET_RATES[task]) < 0.08, (task, rates[task])
+    for task in ("like", "follow", "comment", "share"):
+        ratio = rates[task] / TARGET_RATES[task]
+        assert 1 / 1.5 < ratio < 1.5, (task, rates[task])
+    long_view = signals[:, 1] == 1
+    threshold = np.minimum(durations, real_sim.config.long_view_s)
+    assert np.all(watch[long_view] >= threshold[long_view] - 1e-4)
+
+
+@needs_real
+def test_real_population_keeps_the_long_term_conflict(real_sim: UserSimulator) -> None:
+    sim, n = real_sim, 1500
+    rand = evaluate(sim, random_ranker(2), n, seed=21).summary()
+    good = evaluate(sim, satisfying, n, seed=21).summary()
+    greedy = evaluate(sim, greedy_watch_time(sim), n, seed=21).summary()
+    assert good["length_mean"] > rand["length_mean"] + 3.0
+    assert good["return_mean"] > 2.0 * rand["return_mean"]
+    assert greedy["length_mean"] < good["length_mean"] - 4.0
+    greedy_per_step = greedy["return_mean"] / greedy["length_mean"]
+    good_per_step = good["return_mean"] / good["length_mean"]
+    assert greedy_per_step > 1.1 * good_per_step
+    assert good["return_mean"] > 1.2 * greedy["return_mean"]
