@@ -84,19 +84,25 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model dir with one published version: tasks click, like, skip (-1), state_dim 5.
 
-    Tests that modify the directory must copy it first (``copy_model_dir``).
+    Tests that modify the directory use the ``model_dir`` fixture (a private copy).
     """
     pytest.importorskip("torch")
+    import torch
+
     from shared.tasks import make_tasks
     from trainer.config import TSHConfig
     from trainer.export import export_version
     from trainer.tsh import TSHAgent
 
     model_dir = tmp_path_factory.mktemp("models")
-    agent = TSHAgent(
-        make_tasks(["click", "like", "skip"], [1, 1, -1]), 5, TSHConfig(hidden=32), seed=3
-    )
-    export_version(agent, model_dir, version="v0001")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: more intra-op threads only contend on 2 cores
+    try:
+        tasks = make_tasks(["click", "like", "skip"], [1, 1, -1])
+        agent = TSHAgent(tasks, 5, TSHConfig(hidden=32), seed=3)
+        export_version(agent, model_dir, version="v0001")
+    finally:
+        torch.set_num_threads(threads)
     return model_dir
 
 

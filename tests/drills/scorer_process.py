@@ -1,0 +1,321 @@
+"""Helpers for drills and fuzzing against a real ``xmtf-scorer`` process (uvicorn).
+
+``ScorerProcess`` starts the installed console script in its own session (process group), waits
+for ``/readyz`` and stops it; ``LoadLoop`` keeps a few keep-alive ``httpx.Client`` threads calling
+``/v1/rank`` with realistic bodies and records every request (start time, latency, status,
+``model_version``), so that a drill can look at windows of the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from shared.manifest import write_current
+from tests.conftest import free_port
+
+BIN = Path(sys.executable).parent
+TASKS = ("click", "like", "skip")  # the ``exported_model`` fixture's tasks
+STATE_DIM = 5
+
+
+def rank_body(
+    n: int,
+    seed: int,
+    tasks: tuple[str, ...] = TASKS,
+    state_dim: int = STATE_DIM,
+    top_n: int = 10,
+) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {
+        "request_id": f"r-{seed}",
+        "session_id": f"s-{seed % 97}",
+        "user_id": f"u-{seed % 31}",
+        "user_state": rng.normal(size=state_dim).round(5).tolist(),
+        "item_ids": [f"video-{seed}-{j}" for j in range(n)],
+        "predictions": {t: rng.random(n).round(6).tolist() for t in tasks},
+        "top_n": top_n,
+    }
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in metrics"
+    return float(match.group(1))
+
+
+def server_errors(metrics_text: str) -> list[str]:
+    """Latency-histogram series that ended in a 5xx other than the documented 503."""
+    return [
+        line
+        for line in metrics_text.splitlines()
+        if line.startswith("xmtf_request_duration_seconds_count")
+        and 'status="5' in line
+        and 'status="503"' not in line
+    ]
+
+
+def publish(
+    src: Path, model_dir: Path, version: str, prepare: Callable[[Path], object] | None = None
+) -> Path:
+    """Copy an exported version in as ``model_dir/version`` the way export does it (temp dir,
+    rename), with the manifest's version renamed if needed and optionally altered by
+    ``prepare``; then point ``CURRENT`` at it."""
+    tmp = model_dir / f".tmp-{version}"
+    shutil.copytree(src, tmp)
+    manifest_path = tmp / "manifest.json"
+    manifest = orjson.loads(manifest_path.read_bytes())
+    if manifest["version"] != version:
+        manifest["version"] = version
+        manifest_path.write_bytes(orjson.dumps(manifest))
+    if prepare:
+        prepare(tmp)
+    final = model_dir / version
+    tmp.rename(final)
+    write_current(model_dir, version)
+    return final
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def child_pids(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in task.read_text().split()]
+    return out
+
+
+@dataclass
+class ScorerProcess:
+    """One ``xmtf-scorer`` subprocess (``--workers`` > 1: a uvicorn supervisor and its workers)."""
+
+    model_dir: Path
+    redis_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> dict[str, Any] | None:
+        env = {
+            **os.environ,
+            "XMTF_POLL_INTERVAL_S": "0.1",
+            "XMTF_EVENTS_STREAM": "xmtf:drill-events",
+            "XMTF_REDIS_BACKOFF_MAX_S": "0.2",
+            **self.env,
+        }
+        cmd = [
+            str(BIN / "xmtf-scorer"),
+            "--model-dir",
+            str(self.model_dir),
+            "--redis-url",
+            self.redis_url,
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+        ]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
+        self.proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        return self.wait_ready(timeout) if wait else None
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        """The body of the first ``/readyz`` that answers 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.alive(), f"xmtf-scorer exited with {self.proc and self.proc.returncode}"
+            try:
+                resp = httpx.get(f"{self.base}/readyz", timeout=2)
+                if resp.status_code == 200:
+                    return resp.json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("xmtf-scorer did not become ready")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def pids(self) -> list[int]:
+        """The serving processes: the workers, or the single process."""
+        assert self.proc is not None
+        if self.workers == 1:
+            return [self.proc.pid]
+        workers = []  # uvicorn's spawned workers (not multiprocessing's resource tracker)
+        for pid in child_pids(self.proc.pid):
+            with contextlib.suppress(OSError):
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    workers.append(pid)
+        return workers
+
+    def rss_mib(self) -> float:
+        return sum(_rss_kib(p) for p in self.pids()) / 1024
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the supervisor and its workers)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self.kill()  # whatever is left of the group (workers of a supervisor that died first)
+
+
+@dataclass
+class Sample:
+    start: float  # time.monotonic() when the request was sent
+    latency: float
+    status: int  # 0: transport error
+    version: str | None
+    error: str | None = None
+
+
+class LoadLoop:
+    """``threads`` keep-alive clients calling ``/v1/rank`` until stopped, ``max_requests`` or
+    ``deadline_s``; bodies N = 100..500 are serialised once, up front."""
+
+    def __init__(
+        self,
+        base: str,
+        threads: int = 3,
+        max_requests: int = 20_000,
+        deadline_s: float = 60.0,
+        n_bodies: int = 32,
+        pause_s: float = 0.0,
+    ) -> None:
+        rng = np.random.default_rng(0)
+        self.bodies = [
+            orjson.dumps(rank_body(int(rng.integers(100, 501)), seed=i)) for i in range(n_bodies)
+        ]
+        self.base = base
+        self.n_threads = threads
+        self.max_requests = max_requests
+        self.deadline_s = deadline_s
+        self.pause_s = pause_s
+        self.samples: list[Sample] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sent = 0
+
+    def _worker(self, idx: int, until: float) -> None:
+        headers = {"content-type": "application/json"}
+        with httpx.Client(base_url=self.base, timeout=10) as client:
+            i = idx
+            while not self._stop.is_set() and time.monotonic() < until:
+                with self._lock:
+                    if self._sent >= self.max_requests:
+                        return
+                    self._sent += 1
+                body = self.bodies[i % len(self.bodies)]
+                i += self.n_threads
+                t0 = time.monotonic()
+                try:
+                    resp = client.post("/v1/rank", content=body, headers=headers)
+                    dt = time.monotonic() - t0
+                    version = resp.json().get("model_version") if resp.status_code == 200 else None
+                    err = None if resp.status_code == 200 else resp.text[:300]
+                    sample = Sample(t0, dt, resp.status_code, version, err)
+                except httpx.HTTPError as exc:
+                    sample = Sample(t0, time.monotonic() - t0, 0, None, repr(exc))
+                with self._lock:
+                    self.samples.append(sample)
+                if self.pause_s:
+                    time.sleep(self.pause_s)
+
+    def start(self) -> LoadLoop:
+        until = time.monotonic() + self.deadline_s
+        self._threads = [
+            threading.Thread(target=self._worker, args=(i, until), daemon=True)
+            for i in range(self.n_threads)
+        ]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def __enter__(self) -> LoadLoop:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def snapshot(self) -> list[Sample]:
+        with self._lock:
+            return list(self.samples)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.samples)
+
+
+def stats(samples: list[Sample]) -> dict[str, float]:
+    lat = np.array([s.latency for s in samples]) if samples else np.zeros(1)
+    return {
+        "sent": len(samples),
+        "failed": sum(1 for s in samples if s.status != 200),
+        "p50_ms": float(np.percentile(lat, 50) * 1000),
+        "p99_ms": float(np.percentile(lat, 99) * 1000),
+        "max_ms": float(lat.max() * 1000),
+    }
+
+
+def window(samples: list[Sample], t0: float, t1: float) -> list[Sample]:
+    return [s for s in samples if t0 <= s.start < t1]
+
+
+def failures(samples: list[Sample]) -> list[str]:
+    return [f"{s.status}: {s.error}" for s in samples if s.status != 200][:5]
