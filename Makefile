@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ demo: install
 ## test: the test suite (starts its own throwaway redis-server instances)
 test: install
 	$(BIN)/python -m pytest -q
+
+## bench: scorer latency/throughput next to the echo, parse and ONNX floors (results/bench.md)
+bench: install
+	$(BIN)/python -m loadtest.bench
+
+## paper: the paper's offline study (Tables 3-4) on the simulator -> results/paper.md (~1 h)
+.PHONY: paper
+paper: install
+	$(BIN)/xmtf-train paper --out results
 
 lint: install
 	$(BIN)/ruff check .

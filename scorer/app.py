@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import time
@@ -150,6 +151,13 @@ def create_app(settings: ScorerSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(scorer.store.refresh)
+        if settings.gc_freeze:
+            # Everything allocated so far (modules, FastAPI, ORT wrappers) lives as long as the
+            # process: move it out of the collector's reach, so that a full collection only
+            # walks recent objects (a multi-millisecond pause otherwise, every few thousand
+            # requests, because logged events survive long enough to reach the old generation).
+            gc.collect()
+            gc.freeze()
         if scorer.events:
             scorer.events.start()
         poller = asyncio.create_task(scorer.poll_current(), name="xmtf-current-poller")
@@ -238,6 +246,15 @@ def create_app(settings: ScorerSettings) -> FastAPI:
                 "explored": bool(settings.exploration_scale > 0),
             }
         )
+
+    if settings.bench_echo:
+        echo_answer = b'{"ok":true}'
+
+        @app.post("/bench/echo", include_in_schema=False)
+        async def bench_echo(request: Request) -> Response:
+            """The HTTP floor: same stack and body reading as ``/v1/rank``, no work."""
+            await scorer.read_body(request)
+            return Response(echo_answer, media_type="application/json")
 
     feedback_body = {
         "requestBody": {

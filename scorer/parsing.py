@@ -52,12 +52,19 @@ def _id(value: Any, field: str) -> str:
     return value
 
 
-def _numbers(value: Any, field: str, length: int | None, maybe_bools: bool = True) -> np.ndarray:
-    """A JSON list of finite numbers -> float32 (1-D).
+def _has_bools(arr: np.ndarray, values: list[Any]) -> bool:
+    """Whether ``values`` (converted to ``arr``) held JSON ``true``/``false``.
 
-    numpy silently turns ``true``/``false`` mixed with numbers into 1/0, so booleans are looked
-    for explicitly, but only when the body holds a ``true``/``false`` token (``maybe_bools``).
+    numpy silently turns booleans mixed with numbers into 1/0, so the (slow) per-element type
+    check only runs when the array holds an exact 0 or 1; real predictions rarely do.
     """
+    if not ((arr == 0) | (arr == 1)).any():
+        return False
+    return bool in set(map(type, values))
+
+
+def _numbers(value: Any, field: str, length: int | None) -> np.ndarray:
+    """A JSON list of finite numbers -> float32 (1-D)."""
     if not isinstance(value, list):
         raise InputError("must be an array of numbers", field)
     if length is not None and len(value) != length:
@@ -70,7 +77,7 @@ def _numbers(value: Any, field: str, length: int | None, maybe_bools: bool = Tru
         if arr.size == 0 and arr.ndim == 1:
             return arr.astype(np.float32)
         raise InputError("must be an array of numbers", field)
-    if maybe_bools and bool in set(map(type, value)):
+    if _has_bools(arr, value):
         raise InputError("must be an array of numbers", field)
     with np.errstate(over="ignore"):
         out = arr.astype(np.float32)
@@ -79,12 +86,64 @@ def _numbers(value: Any, field: str, length: int | None, maybe_bools: bool = Tru
     return out
 
 
+def _item_ids_ok(item_ids: list[Any]) -> bool:
+    """Fast check: unique non-empty strings of at most MAX_ID_LENGTH characters.
+
+    ``set`` refuses unhashable JSON values (lists, objects) and ``len`` the other non-strings,
+    so both raising TypeError means "not all strings".
+    """
+    try:
+        unique = set(item_ids)
+        longest = max(map(len, item_ids))
+    except TypeError:
+        return False
+    return len(unique) == len(item_ids) and "" not in unique and longest <= MAX_ID_LENGTH
+
+
+def _check_item_ids(item_ids: list[Any]) -> None:
+    """The exact checks, in input order; raises the first error found."""
+    for i, item in enumerate(item_ids):
+        if not isinstance(item, str) or not 0 < len(item) <= MAX_ID_LENGTH:
+            _id(item, f"item_ids[{i}]")
+    seen: set[str] = set()
+    dup = next((x for x in item_ids if x in seen or seen.add(x)), None)  # type: ignore[func-returns-value]
+    if dup is not None:
+        raise InputError(f"duplicate item id {dup!r}", "item_ids")
+
+
+def _prediction_matrix(preds: dict[str, Any], task_names: tuple[str, ...], n: int) -> np.ndarray:
+    """The (K, N) float32 matrix in served task order, from one ``np.array`` over all columns.
+
+    Any doubt (missing task, wrong type or length, non-number, boolean, non-finite) falls back to
+    the column-by-column checks, which raise the SPEC error naming the first offending field.
+    """
+    rows = [preds.get(name) for name in task_names]
+    if all(type(r) is list and len(r) == n for r in rows):
+        try:
+            arr = np.array(rows)
+        except (ValueError, TypeError, OverflowError):
+            arr = None
+        if arr is not None and arr.shape == (len(task_names), n) and arr.dtype.kind in "iuf":
+            with np.errstate(over="ignore"):
+                matrix = arr.astype(np.float32)
+            if np.isfinite(matrix).all():
+                # booleans became exact 0/1: only rows holding such a value need a type check
+                suspects = np.flatnonzero(((arr == 0) | (arr == 1)).any(axis=1))
+                if not any(bool in set(map(type, rows[k])) for k in suspects):  # type: ignore[arg-type]
+                    return matrix
+    matrix = np.empty((len(task_names), n), np.float32)
+    for k, name in enumerate(task_names):
+        if name not in preds:
+            raise InputError(f"missing task {name!r}", f"predictions.{name}")
+        matrix[k] = _numbers(preds[name], f"predictions.{name}", n)
+    return matrix
+
+
 def parse_rank(
     body: bytes, task_names: tuple[str, ...], state_dim: int, limits: Limits
 ) -> RankInput:
     """Validate a rank body against the served model and the configured limits."""
     data = load_json(body)
-    maybe_bools = b"true" in body or b"false" in body
     if not isinstance(data, dict):
         raise InputError("body must be a JSON object", None)
     unknown = data.keys() - _ALLOWED_KEYS
@@ -110,15 +169,10 @@ def parse_rank(
             status=413,
             code="too_many_candidates",
         )
-    for i, item in enumerate(item_ids):
-        if not isinstance(item, str) or not 0 < len(item) <= MAX_ID_LENGTH:
-            _id(item, f"item_ids[{i}]")
-    if len(set(item_ids)) != n:
-        seen: set[str] = set()
-        dup = next(x for x in item_ids if x in seen or seen.add(x))  # type: ignore[func-returns-value]
-        raise InputError(f"duplicate item id {dup!r}", "item_ids")
+    if not _item_ids_ok(item_ids):
+        _check_item_ids(item_ids)  # raises the first error in input order
 
-    state = _numbers(data.get("user_state"), "user_state", state_dim, maybe_bools)
+    state = _numbers(data.get("user_state"), "user_state", state_dim)
 
     preds = data.get("predictions")
     if not isinstance(preds, dict):
@@ -127,11 +181,7 @@ def parse_rank(
     if extra:
         name = sorted(extra)[0]
         raise InputError(f"unknown task {name!r} for the served model", f"predictions.{name}")
-    matrix = np.empty((len(task_names), n), np.float32)
-    for k, name in enumerate(task_names):
-        if name not in preds:
-            raise InputError(f"missing task {name!r}", f"predictions.{name}")
-        matrix[k] = _numbers(preds[name], f"predictions.{name}", n, maybe_bools)
+    matrix = _prediction_matrix(preds, task_names, n)
 
     top_n = data.get("top_n")
     if not isinstance(top_n, int) or isinstance(top_n, bool):

@@ -1,0 +1,75 @@
+"""In-process floors measured on the benchmark's own bodies (no HTTP, no scorer process).
+
+- ``ort``: the scorer's ONNX Runtime work for one request (MFC graph over the whole candidate
+  batch + actor), with the scorer's own session options (``scorer.model.load_version``).
+- ``parse``: the least work that turns a body into the arrays ORT needs: ``orjson.loads`` plus
+  the state and the (K, N) prediction matrix as float32 (no validation).
+- ``parse_rank``: the scorer's validating parser (all SPEC §5 checks), for reference.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from scorer.model import LoadedModel, load_version
+from scorer.parsing import Limits, parse_rank
+from shared.manifest import read_current
+
+
+def load_model(model_dir: Path) -> LoadedModel:
+    name = read_current(model_dir)
+    assert name is not None, f"no CURRENT in {model_dir}"
+    return load_version(model_dir / name)
+
+
+def time_call(fn: Callable[[int], Any], reps: int, warmup: int = 200) -> np.ndarray:
+    """Per-call wall times (ns) of ``fn(i)`` for i in range(reps), after ``warmup`` calls."""
+    for i in range(warmup):
+        fn(i)
+    out = np.empty(reps, np.int64)
+    perf = time.perf_counter_ns
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(reps):
+            t = perf()
+            fn(i)
+            out[i] = perf() - t
+    finally:
+        if gc_was:
+            gc.enable()
+    return out
+
+
+def minimal_parse(body: bytes, tasks: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    data = orjson.loads(body)
+    preds = data["predictions"]
+    state = np.array(data["user_state"], np.float32)[None, :]
+    matrix = np.array([preds[t] for t in tasks], np.float32)
+    return state, matrix
+
+
+def measure(model: LoadedModel, bodies: list[bytes], reps: int) -> dict[str, np.ndarray]:
+    tasks = model.task_names
+    limits = Limits(max_candidates=5000, max_top_n=1000)
+    parsed = [parse_rank(b, tasks, model.state_dim, limits) for b in bodies]
+    nb = len(bodies)
+
+    def ort_call(i: int) -> None:
+        p = parsed[i % nb]
+        model.infer(p.state, p.predictions)
+
+    return {
+        "ort": time_call(ort_call, reps),
+        "parse": time_call(lambda i: minimal_parse(bodies[i % nb], tasks), reps),
+        "parse_rank": time_call(
+            lambda i: parse_rank(bodies[i % nb], tasks, model.state_dim, limits), reps
+        ),
+    }
