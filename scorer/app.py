@@ -21,12 +21,14 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 
 from scorer.errors import InputError, error_response
 from scorer.eventlog import EventLogger, PendingRank
+from scorer.logs import configure_logging, request_id_var
 from scorer.metrics import Metrics
 from scorer.model import LoadedModel, ModelStore
 from scorer.parsing import Limits, load_json, parse_rank
@@ -128,13 +130,17 @@ class Scorer:
                 code="unsupported_media_type",
             )
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise InputError(
-                    f"body exceeds {limit} bytes", None, status=413, code="body_too_large"
-                )
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise InputError(
+                        f"body exceeds {limit} bytes", None, status=413, code="body_too_large"
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # the client went away mid-body: nothing to answer, and not a server error
+            raise InputError("client disconnected", None, 499, "client_disconnected") from None
         return b"".join(chunks)
 
 
@@ -175,8 +181,15 @@ def create_app(settings: ScorerSettings) -> FastAPI:
     app.add_middleware(LatencyMiddleware, metrics=scorer.metrics)
 
     @app.exception_handler(InputError)
-    async def input_error(_: Request, exc: InputError) -> Response:
+    async def input_error(request: Request, exc: InputError) -> Response:
         scorer.metrics.rejections[exc.code] += 1
+        log.info(
+            "rejected %s %s: %s",
+            request.method,
+            request.url.path,
+            exc.message,
+            extra={"status": exc.status, "code": exc.code, "field": exc.field},
+        )
         return error_response(exc.status, exc.code, exc.message, exc.field)
 
     @app.exception_handler(RequestValidationError)
@@ -195,18 +208,14 @@ def create_app(settings: ScorerSettings) -> FastAPI:
         log.exception("unhandled error")
         return error_response(500, "internal", "internal error")
 
-    rank_body = {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": RankRequest.model_json_schema()}},
-        }
-    }
+    rank_body = _json_body(RankRequest)
 
     @app.post("/v1/rank", response_model=RankResponse, openapi_extra=rank_body)
     async def rank(request: Request) -> Response:
         model = scorer.model_or_503()
         body = await scorer.read_body(request)
         req = parse_rank(body, model.task_names, model.state_dim, scorer.limits)
+        request_id_var.set(req.request_id)
         q_inner, mu = model.infer(req.state, req.predictions)
         m = model.manifest
         action, noise = explore(
@@ -256,12 +265,7 @@ def create_app(settings: ScorerSettings) -> FastAPI:
             await scorer.read_body(request)
             return Response(echo_answer, media_type="application/json")
 
-    feedback_body = {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": FeedbackRequest.model_json_schema()}},
-        }
-    }
+    feedback_body = _json_body(FeedbackRequest)
 
     @app.post("/v1/feedback", status_code=202, openapi_extra=feedback_body)
     async def feedback(request: Request) -> Response:
@@ -271,6 +275,7 @@ def create_app(settings: ScorerSettings) -> FastAPI:
         except ValidationError as exc:
             message, field = _validation_field(exc)
             raise InputError(message, field) from None
+        request_id_var.set(fb.request_id)
         if scorer.events:
             now = time.time()
             ids = (fb.request_id, fb.session_id, fb.user_id)
@@ -374,9 +379,41 @@ def create_app(settings: ScorerSettings) -> FastAPI:
             }
         )
 
+    _add_body_schemas(app, RankRequest, FeedbackRequest)
     return app
 
 
+_COMPONENTS = "#/components/schemas/{model}"
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring ``model`` as the JSON body of a route that parses its body
+    itself (the size limit and the columnar fast path need the raw bytes)."""
+    ref = {"$ref": _COMPONENTS.format(model=model.__name__)}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _add_body_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Put the body models (and the models they nest) into ``components/schemas``."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = build()
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template=_COMPONENTS)
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` (several workers read their settings from XMTF_*)."""
-    return create_app(ScorerSettings())
+    """Factory for ``uvicorn --factory`` (several workers read their settings from XMTF_*;
+    each worker process configures its own logging)."""
+    settings = ScorerSettings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from pydantic import ValidationError
 
+from scorer.logs import configure_logging
 from scorer.settings import ScorerSettings
 
 
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.model_dir.is_dir():
         print(f"xmtf-scorer: model directory {settings.model_dir} does not exist", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     import uvicorn
 
     uvicorn.run(
@@ -77,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=settings.workers,
         log_level=settings.log_level,
         access_log=False,
+        log_config=None,  # keep the JSON logging configured above (workers inherit it)
     )
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,7 @@ class ScorerSettings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     log_level: str = "info"
+    log_format: Literal["json", "text"] = "json"
     gc_freeze: bool = True  # gc.freeze() after start-up (see the lifespan in scorer/app.py)
     # Benchmark only: adds ``POST /bench/echo`` (reads the body, answers a small fixed JSON) so
     # that ``make bench`` measures the HTTP floor of this very server stack. Off by default.

@@ -110,13 +110,6 @@ def schema(openapi_doc: dict[str, Any]) -> Any:
     return schemathesis.openapi.from_dict(hoist_nested_defs(openapi_doc))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: scorer/app.py inlines FeedbackRequest.model_json_schema() (with its nested "
-    "$defs) as the /v1/feedback request body; its $ref '#/$defs/FeedbackItem' resolves against "
-    "the OpenAPI document root, where there is no $defs, so the schema is unusable by clients "
-    "and fuzzers (schemathesis generates no body at all)",
-)
 def test_openapi_refs_resolve(openapi_doc: dict[str, Any]) -> None:
     assert unresolved_refs(openapi_doc) == []
 

@@ -406,13 +406,6 @@ def _count_5xx(metrics_text: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in server_errors(metrics_text))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a client that closes the connection mid-body makes request.stream() raise "
-    "starlette.requests.ClientDisconnect in Scorer.read_body (scorer/app.py); nothing maps it, "
-    "so the catch-all handler logs 'unhandled error' with a traceback and the request is "
-    "counted as status 500 in xmtf_request_duration_seconds",
-)
 def test_client_disconnect_mid_body_is_not_a_server_error(live: ScorerProcess) -> None:
     with httpx.Client(base_url=live.base, timeout=10) as client:
         before = _count_5xx(client.get("/metrics").text)
