@@ -1,4 +1,4 @@
-"""``xmtf-train``: init, consume, simulate, export.
+"""``xmtf-train``: init, consume, simulate, export, paper, plot.
 
 Every option also reads an ``XMTF_``-prefixed environment variable (``--model-dir`` from
 ``XMTF_MODEL_DIR``, ``--redis-url`` from ``XMTF_REDIS_URL``, ...). Bad arguments and unreachable
@@ -75,6 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "checkpoint", required=_env("checkpoint") is None, type=Path)
     _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
     p.add_argument("--no-publish", action="store_true", help="write the version but leave CURRENT")
+
+    p = sub.add_parser("paper", help="the paper's offline study (Tables 3 and 4) on the simulator")
+    _add(p, "trials", None, type=_positive_int, help="seeds per method (default 5; quick: 2)")
+    _add(p, "out", "results", type=Path)
+    p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run in seconds")
+    _add(p, "methods", None, help="comma-separated subset of the methods (default: all)")
+    _add(p, "config", None, type=Path, help="JSON overrides: sim, tsh, train, cem, td3, formula")
+    _add(p, "threads", None, type=_positive_int, help="torch threads (default 1)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("plot", help="MFC figures (paper Figs. 5-7) and training curves as PNG")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path, help="one xMTF checkpoint (Figs. 5 and 6 only)")
+    src.add_argument("--run", type=Path, help="an `xmtf-train paper` output folder (default)")
+    _add(p, "out", None, type=Path, help="where to write the PNGs (default: <run>/figures)")
     return parser
 
 
@@ -187,11 +202,61 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
+    from trainer.paper import PaperConfig, run_paper
+
+    trials = int(args.trials) if args.trials else None
+    try:
+        config = PaperConfig.quick_config(trials or 2) if args.quick else PaperConfig()
+        if args.config:
+            config = config.with_overrides(args.config)
+        changes: dict[str, Any] = {}
+        if trials and not args.quick:
+            changes["trials"] = trials
+        if args.threads:
+            changes["torch_threads"] = int(args.threads)
+        if args.methods:
+            changes["methods"] = tuple(m.strip() for m in str(args.methods).split(",") if m)
+        if changes:
+            import dataclasses
+
+            config = dataclasses.replace(config, **changes)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc)) from exc
+    report = run_paper(
+        config, args.out, progress=not args.no_progress, echo=lambda s: print(s, file=sys.stderr)
+    )
+    return {
+        "out": str(args.out),
+        "seconds": round(report["meta"]["seconds"], 1),
+        "projected_seconds": round(report["meta"]["projected_seconds"], 1),
+        "verdict": report["verdict"].get("text", ""),
+    }
+
+
+def cmd_plot(args: argparse.Namespace) -> dict[str, Any]:
+    from trainer.plots import plot_checkpoint, plot_run
+
+    if args.checkpoint is not None:
+        if not Path(args.checkpoint).is_file():
+            raise CLIError(f"checkpoint {args.checkpoint} does not exist")
+        out = args.out or Path(args.checkpoint).parent / "figures"
+        files = plot_checkpoint(args.checkpoint, out)
+    else:
+        run = args.run or Path("results")
+        if not (run / "paper.json").is_file():
+            raise CLIError(f"{run} has no paper.json (run `xmtf-train paper --out {run}` first)")
+        files = plot_run(run, args.out or run / "figures")
+    return {"files": [str(f) for f in files]}
+
+
 COMMANDS = {
     "init": cmd_init,
     "consume": cmd_consume,
     "simulate": cmd_simulate,
     "export": cmd_export,
+    "paper": cmd_paper,
+    "plot": cmd_plot,
 }
 
 

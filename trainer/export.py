@@ -193,6 +193,9 @@ def export_version(
     Raises :class:`ExportCheckError` (and publishes nothing) when parity or the monotonicity
     audit fails. With ``publish=False`` the version directory is created but ``CURRENT`` is left.
     """
+    if not agent.config.use_inner:
+        # the scorer's contract is MFCs + actor; a formula-only agent has no MFCs to serve
+        raise ValueError("an agent trained with use_inner=False (no MFCs) cannot be exported")
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     version = version or new_version_name()

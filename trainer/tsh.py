@@ -35,6 +35,20 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
             t.lerp_(s, tau)
 
 
+@torch.no_grad()
+def violation_rate(
+    predictions: torch.Tensor, q_inner: torch.Tensor, directions: torch.Tensor, mask: torch.Tensor
+) -> float:
+    """Share of candidate pairs ordered by a prediction (in the task's direction) whose inner
+    outputs are strictly in the opposite order: the monotonicity violation rate of eq. 17."""
+    x = predictions * directions.view(1, -1, 1)
+    m = mask.to(torch.bool)
+    pairs = (m.unsqueeze(-1) & m.unsqueeze(-2)).unsqueeze(1)
+    below = (x.unsqueeze(-1) < x.unsqueeze(-2)) & pairs
+    against = below & (q_inner.unsqueeze(-1) > q_inner.unsqueeze(-2))
+    return float(against.sum()) / max(int(below.sum()), 1)
+
+
 class TSHAgent:
     """Holds the xMTF networks, their optimisers and the TSH update steps."""
 
@@ -63,7 +77,7 @@ class TSHAgent:
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.inner_opt = torch.optim.Adam(self.mfc.parameters(), lr=cfg.inner_lr)
         self.updates = 0
-        if fit_neutral:
+        if fit_neutral and cfg.use_inner:
             self.fit_neutral()
 
     @property
@@ -112,15 +126,24 @@ class TSHAgent:
         action = action.astype(np.float32)
         return action, action - mu
 
+    def _inner(self, state_n: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+        """The inner stage q^I (B, K, N): the MFCs, or (``use_inner=False``) the predictions
+        themselves, flipped to ``1 - o`` for a direction -1 task so the outer stage stays
+        monotone in the task's direction."""
+        if self.config.use_inner:
+            return self.mfc(state_n, predictions)
+        flip = self.directions.view(1, -1, 1) < 0
+        return torch.where(flip, 1.0 - predictions, predictions)
+
     @torch.no_grad()
     def inner(self, states: np.ndarray, predictions: np.ndarray) -> np.ndarray:
         """Inner-stage outputs (B, K, N) for raw states (B, D) and predictions (B, K, N)."""
-        return self.mfc(self.norm(_t(states)), _t(predictions)).numpy()
+        return self._inner(self.norm(_t(states)), _t(predictions)).numpy()
 
     @torch.no_grad()
     def scores(self, states: np.ndarray, predictions: np.ndarray, action: np.ndarray) -> np.ndarray:
         """Fused scores (B, N) of eq. 8 with the outer stage of eq. 11."""
-        q_inner = self.mfc(self.norm(_t(states)), _t(predictions))
+        q_inner = self._inner(self.norm(_t(states)), _t(predictions))
         return losses.fused_score(losses.outer_stage(q_inner, _t(action))).numpy()
 
     # ------------------------------------------------------------------ updates
@@ -170,6 +193,7 @@ class TSHAgent:
             "inner_loss": float(loss.detach()),
             "transfer_loss": float(transfer.detach()),
             "mono_loss": float(mono.detach().sum()),
+            "mono_violation": violation_rate(preds, q_inner.detach(), self.directions, mask),
         }
 
     def sync_targets(self) -> None:
@@ -177,10 +201,11 @@ class TSHAgent:
         soft_update(self.critic_target, self.critic, self.config.tau)
 
     def update(self, batch: Batch) -> dict[str, float]:
-        """One TSH step: critic, actor, inner stage, target sync."""
+        """One TSH step: critic, actor, inner stage (unless ``use_inner=False``), target sync."""
         metrics = self.update_critic(batch)
         metrics |= self.update_actor(batch)
-        metrics |= self.update_inner(batch)
+        if self.config.use_inner:
+            metrics |= self.update_inner(batch)
         self.sync_targets()
         self.updates += 1
         return metrics

@@ -1,0 +1,194 @@
+"""Baselines of the offline study: formulas, CEM, TD3 (twin critics), TD3+BC, myopic MFCs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from shared.tasks import make_tasks
+from trainer.baselines import (
+    FORMULAS,
+    CEMConfig,
+    MyopicMFCLearner,
+    TD3Agent,
+    TD3Config,
+    cem_optimize,
+    formula_scores,
+    outer_formula_scores,
+)
+from trainer.config import TSHConfig
+from trainer.replay import ReplayBuffer
+from trainer.simulator import SimConfig, UserSimulator
+from trainer.tsh import TSHAgent, violation_rate
+
+SMALL = TSHConfig(hidden=32, batch_size=64, inner_batch_size=16)
+D, K = 5, 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _increasing_along_task(fn, rng: np.random.Generator) -> None:
+    """Raising one task's prediction of one candidate never lowers that candidate's score."""
+    preds = rng.uniform(1e-4, 1 - 1e-4, size=(8, K, 10))
+    base = fn(preds)
+    for k in range(K):
+        bumped = preds.copy()
+        bumped[:, k, :] = np.minimum(bumped[:, k, :] + rng.uniform(0, 0.3, (8, 10)), 1 - 1e-6)
+        assert np.all(fn(bumped) >= base - 1e-9), k
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+def test_formulas_are_monotone_for_positive_weights(formula: str) -> None:
+    rng = np.random.default_rng(0)
+    weights = np.exp(rng.uniform(-3, 3, size=(8, K)))
+    _increasing_along_task(lambda p: formula_scores(p, weights, formula, 1e-3), rng)
+
+
+def test_outer_formula_is_monotone_above_minus_half() -> None:
+    rng = np.random.default_rng(1)
+    action = rng.uniform(-0.49, 1.5, size=(8, K))
+    _increasing_along_task(lambda p: outer_formula_scores(p, action), rng)
+
+
+def test_direction_minus_one_flips_the_formula() -> None:
+    preds = np.array([[[0.2, 0.8]]])  # (1, K=1, N=2)
+    up = formula_scores(preds, np.ones(1), "linear")
+    down = formula_scores(preds, np.ones(1), "linear", directions=[-1])
+    assert up[0, 1] > up[0, 0] and down[0, 1] < down[0, 0]
+
+
+def test_formula_one_with_unit_weights_is_the_plain_sum() -> None:
+    preds = np.random.default_rng(2).random((4, K, 7))
+    np.testing.assert_allclose(formula_scores(preds, np.ones(K), "linear"), preds.sum(axis=1))
+    with pytest.raises(ValueError, match="unknown formula"):
+        formula_scores(preds, np.ones(K), "exp")
+
+
+def test_cem_improves_a_simple_objective() -> None:
+    target = np.array([1.5, -2.0, 0.5, 2.5])
+
+    def objective(pop: np.ndarray, it: int) -> np.ndarray:
+        return -((pop - target) ** 2).sum(axis=1)
+
+    cfg = CEMConfig(iterations=15, population=32, elite_frac=0.25, sessions=1)
+    result = cem_optimize(objective, 4, cfg, np.random.default_rng(0), low=-3, high=3)
+    start = objective(np.zeros((1, 4)), 0)[0]
+    end = objective(result.mean[None, :], 0)[0]
+    assert end > start and end > -0.05
+    assert result.history[-1]["elite_mean"] > result.history[0]["elite_mean"]
+
+
+def _batch(n: int = 64, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    buf = ReplayBuffer(n, D, K, 6, seed=seed)
+    buf.add(
+        rng.normal(size=(n, D)).astype(np.float32),
+        rng.uniform(-3, 3, size=(n, K)).astype(np.float32),
+        rng.uniform(0, 100, n).astype(np.float32),
+        rng.normal(size=(n, D)).astype(np.float32),
+        (rng.random(n) < 0.2).astype(np.float32),
+        rng.random((n, K, 6)).astype(np.float32),
+    )
+    return buf.sample(n)
+
+
+def test_td3_target_uses_the_min_of_the_twin_target_critics() -> None:
+    agent = TD3Agent(D, K, "linear", SMALL, TD3Config(policy_noise=0.0), seed=0)
+    with torch.no_grad():  # make the two target critics disagree by a constant
+        agent.critic1_target.net[-1].bias.fill_(5.0)
+        agent.critic2_target.net[-1].bias.fill_(-5.0)
+    batch = _batch()
+    target = agent.td3_target(batch)
+    s2 = agent.norm(torch.as_tensor(batch.next_state))
+    a2 = agent.actor_target(s2)
+    with torch.no_grad():
+        q1, q2 = agent.critic1_target(s2, a2), agent.critic2_target(s2, a2)
+    assert torch.all(q2 < q1)
+    reward = torch.as_tensor(batch.reward) * SMALL.reward_scale
+    expected = reward + SMALL.gamma * (1 - torch.as_tensor(batch.done)) * q2
+    torch.testing.assert_close(target, expected)
+
+
+def test_td3_smoothing_noise_is_clipped_and_actor_updates_are_delayed() -> None:
+    td3 = TD3Config(policy_noise=10.0, noise_clip=0.1, policy_delay=3)
+    agent = TD3Agent(D, K, "log", SMALL, td3, seed=1)
+    s2 = torch.randn(256, D)
+    with torch.no_grad():
+        diff = agent.target_action(s2) - agent.actor_target(s2)
+    assert diff.abs().max() <= 0.1 * 3.0 + 1e-5  # clip x half-range
+    before = [p.detach().clone() for p in agent.actor.parameters()]
+    batch = _batch()
+    agent.update(batch)
+    agent.update(batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, agent.actor.parameters(), strict=True))
+    metrics = agent.update(batch)
+    assert not all(torch.equal(a, b) for a, b in zip(before, agent.actor.parameters(), strict=True))
+    assert all(math.isfinite(v) for v in metrics.values()) and "actor_loss" in metrics
+
+
+def test_td3_bc_pulls_the_actor_towards_logged_actions() -> None:
+    """bc_alpha = 0: the actor loss is pure behaviour cloning of the logged actions."""
+    cfg = dataclasses.replace(SMALL, actor_lr=3e-3)
+    agent = TD3Agent(D, K, "linear", cfg, TD3Config(policy_delay=1), seed=2, bc_alpha=0.0)
+    batch = _batch()
+    batch = dataclasses.replace(batch, action=np.full_like(batch.action, 2.0))
+    s = torch.as_tensor(batch.state)
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(((agent.actor(agent.norm(s)) - 2.0) ** 2).mean())
+
+    start = gap()
+    for _ in range(100):
+        agent.update(batch)
+    assert gap() < 0.1 * start
+
+
+def test_td3_actions_stay_in_bounds() -> None:
+    agent = TD3Agent(D, K, "linear", SMALL, seed=3)
+    states = np.random.default_rng(0).normal(size=(100, D)).astype(np.float32) * 10
+    for explore in (False, True):
+        a = agent.act(states, explore)
+        assert a.shape == (100, K) and a.min() >= -3.0 and a.max() <= 3.0
+
+
+def test_violation_rate_counts_pairs_ordered_against_the_direction() -> None:
+    preds = torch.tensor([[[0.1, 0.2, 0.3]]])  # (B=1, K=1, N=3)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    up = torch.tensor([1])
+    assert violation_rate(preds, preds * 2, up, mask) == 0.0
+    assert violation_rate(preds, -preds, up, mask) == 1.0
+    assert violation_rate(preds, -preds, torch.tensor([-1]), mask) == 0.0
+
+
+def test_myopic_learner_labels_the_shown_items_with_their_watch_time() -> None:
+    sim = UserSimulator(SimConfig(n_candidates=12, top_n=3, max_steps=5, n_items=200))
+    tasks = make_tasks(sim.tasks)
+    agent = TSHAgent(tasks, sim.state_dim, SMALL, seed=0, fit_neutral=False)
+    learner = MyopicMFCLearner(agent, capacity=64, max_candidates=8, top_n=3, seed=0)
+    obs = sim.reset(4, seed=0)
+    preds = obs.predictions.transpose(0, 2, 1)
+    res = sim.step_scores(learner.act(obs.state, preds, explore=True))
+    learner.record(obs, preds, res)
+    assert learner.size == 4 and learner.mask[:4].all()
+    np.testing.assert_allclose(learner.label[:4, :3], res.watch_time)
+    for u in range(4):
+        for j, item in enumerate(res.shown_ids[u]):
+            col = int(np.flatnonzero(obs.item_ids[u] == item)[0])
+            np.testing.assert_allclose(learner.preds[u, :, j], preds[u, :, col])
+        # the other kept candidates are distinct, unshown ones
+        kept = {tuple(learner.preds[u, :, j]) for j in range(8)}
+        assert len(kept) == 8
+    metrics = learner.learn()
+    assert all(math.isfinite(v) for v in metrics.values())

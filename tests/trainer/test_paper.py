@@ -1,0 +1,112 @@
+"""`xmtf-train paper --quick`: every method end to end, tables that match the JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import cli
+from trainer.paper import METHODS, PaperConfig, Runner, TSHLearner, mfc_violation_rate
+from trainer.tsh import TSHAgent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("paper")
+    rc = cli.main(["paper", "--quick", "--trials", "2", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return out, json.loads((out / "paper.json").read_text())
+
+
+def test_quick_run_covers_every_method_with_finite_results(quick_run) -> None:
+    out, report = quick_run
+    assert set(report["methods"]) == {m.key for m in METHODS}
+    for key, entry in report["methods"].items():
+        assert len(entry["trials"]) == 2, key
+        s = entry["summary"]
+        for name in ("return_mean", "return_std", "length_mean", "length_std"):
+            assert math.isfinite(s[name]), (key, name)
+        assert s["return_mean"] > 0 and s["length_mean"] >= 1, key
+        assert entry["checkpoint"] and (out / entry["checkpoint"]).is_file(), key
+        if entry["kind"] in ("tsh", "myopic") and key != "xmtf_no_inner":
+            assert 0.0 <= s["mono_violation_mean"] <= 1.0, key
+        else:  # no MFCs: nothing to audit
+            assert "mono_violation_mean" not in s, key
+    assert report["plain_sum"]["n_sessions"] == report["meta"]["eval_sessions"]
+    assert report["meta"]["projected_seconds"] > 0
+
+
+def test_markdown_tables_match_the_json(quick_run) -> None:
+    out, report = quick_run
+    md = (out / "paper.md").read_text()
+    assert "Table 3" in md and "Table 4" in md and "Quick mode" in md
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in md.splitlines()
+        if line.startswith("| ") and "±" in line
+    }
+    plain = report["plain_sum"]
+    assert f"{plain['return_mean']:.1f} ± 0.0" in rows["plain sum (no training)"]
+    for m in METHODS:
+        s = report["methods"][m.key]["summary"]
+        label = m.label if m.table == 3 else f"λ = {m.tsh[0][1]:g}"
+        cells = [c.strip() for c in rows[label].split("|")[1:-1]]
+        assert cells[1] == f"{s['return_mean']:.1f} ± {s['return_std']:.1f}", m.key
+        assert cells[2] == f"{s['length_mean']:.2f} ± {s['length_std']:.2f}", m.key
+        seeds = [t["return_mean"] for t in report["methods"][m.key]["trials"]]
+        assert s["return_mean"] == pytest.approx(np.mean(seeds))
+        assert s["return_std"] == pytest.approx(np.std(seeds, ddof=1))
+    lam04 = [c.strip() for c in rows["λ = 0.4"].split("|")[1:-1]]
+    xs = report["methods"]["xmtf"]["summary"]
+    assert lam04[1] == f"{xs['return_mean']:.1f} ± {xs['return_std']:.1f}"
+    # the verdict is stated either way, and names the best formula baseline
+    verdict = report["verdict"]
+    assert verdict["text"] in md
+    best = report["methods"][verdict["best_formula_baseline"]]["label"]
+    assert best in verdict["text"]
+    assert ("does NOT beat" in verdict["text"]) != verdict["xmtf_beats_best_formula"]
+    assert re.search(r"projected [0-9.]+ min", md)
+
+
+def test_same_evaluation_users_for_every_method() -> None:
+    """A deterministic policy evaluated twice gives the same sessions (fixed eval seed)."""
+    runner = Runner(PaperConfig.quick_config(1))
+    fn = lambda s, p: p.sum(axis=2)  # noqa: E731
+    assert runner.evaluate(fn) == runner.evaluate(fn)
+
+
+def test_without_inner_stage_the_fusion_is_the_outer_formula() -> None:
+    runner = Runner(PaperConfig.quick_config(1))
+    method = next(m for m in METHODS if m.key == "xmtf_no_inner")
+    learner = runner.make_learner(method, seed=0)
+    assert isinstance(learner, TSHLearner)
+    agent: TSHAgent = learner.agent
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(4, runner.state_dim)).astype(np.float32)
+    preds = rng.random((4, len(runner.tasks), 9)).astype(np.float32)
+    action = rng.uniform(-0.4, 1.4, (4, len(runner.tasks))).astype(np.float32)
+    want = (preds * (1 + action[..., None] * preds)).sum(axis=1)
+    np.testing.assert_allclose(agent.scores(states, preds, action), want, rtol=1e-5)
+    assert mfc_violation_rate(agent, states) == 0.0
+
+
+def test_unknown_method_is_a_one_line_cli_error(tmp_path: Path, capsys) -> None:
+    rc = cli.main(["paper", "--quick", "--methods", "xmtf,nope", "--out", str(tmp_path)])
+    assert rc == 2
+    assert "unknown method(s) nope" in capsys.readouterr().err
