@@ -28,10 +28,13 @@ test: install
 bench: install
 	$(BIN)/python -m loadtest.bench
 
-## paper: the paper's offline study (Tables 3-4) on the simulator -> results/paper.md (~1 h)
+## paper: the paper's offline study (Tables 3-4) on the simulator -> results/paper.md
+## (runs spread over PAPER_JOBS processes; one per core)
+PAPER_JOBS ?= 2
 .PHONY: paper
 paper: install
-	$(BIN)/xmtf-train paper --out results
+	$(BIN)/xmtf-train paper --out results --jobs $(PAPER_JOBS)
+	$(BIN)/xmtf-train plot --run results --out results/figures
 
 lint: install
 	$(BIN)/ruff check .

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 #: The six KuaiRand feedbacks the paper fuses, in the paper's order.
 DEFAULT_TASK_NAMES: tuple[str, ...] = ("click", "long_view", "like", "follow", "comment", "share")
@@ -58,3 +61,32 @@ def make_tasks(
 
 
 DEFAULT_TASKS: tuple[TaskSpec, ...] = make_tasks(DEFAULT_TASK_NAMES)
+
+
+def calibrate_tasks(
+    tasks: Sequence[TaskSpec], predictions: np.ndarray, tail: float = 0.001
+) -> tuple[TaskSpec, ...]:
+    """Per-task input normalisation from a sample of logged predictions ``(n, K)``.
+
+    ``offset``/``scale`` become the mean and standard deviation, so every fusion cell sees an
+    input of unit spread (a share prediction around 0.001 and a click prediction around 0.2
+    otherwise differ by two orders of magnitude in what the cell can resolve); ``low``/``high``
+    become the ``tail`` and ``1 - tail`` quantiles: the range the cells start as a ramp over,
+    and the range the export's monotonicity audit probes.
+    """
+    x = np.asarray(predictions, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(tasks):
+        raise ValueError(f"predictions must be (n, {len(tasks)}), got {x.shape}")
+    if not 0.0 <= tail < 0.5:
+        raise ValueError("tail must be in [0, 0.5)")
+    lo, hi = np.quantile(x, tail, axis=0), np.quantile(x, 1.0 - tail, axis=0)
+    out = []
+    for k, task in enumerate(tasks):
+        spread = max(float(x[:, k].std()), 1e-6)
+        high = max(float(hi[k]), float(lo[k]) + 1e-6)
+        out.append(
+            dataclasses.replace(
+                task, offset=float(x[:, k].mean()), scale=spread, low=float(lo[k]), high=high
+            )
+        )
+    return tuple(out)

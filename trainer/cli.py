@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run in seconds")
     _add(p, "methods", None, help="comma-separated subset of the methods (default: all)")
     _add(p, "config", None, type=Path, help="JSON overrides: sim, tsh, train, cem, td3, formula")
-    _add(p, "threads", None, type=_positive_int, help="torch threads (default 1)")
+    _add(p, "threads", None, type=_positive_int, help="torch threads per run (default 1)")
+    _add(p, "jobs", 1, type=_positive_int, help="runs in parallel processes (default 1)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("plot", help="MFC figures (paper Figs. 5-7) and training curves as PNG")
@@ -224,7 +225,11 @@ def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise CLIError(str(exc)) from exc
     report = run_paper(
-        config, args.out, progress=not args.no_progress, echo=lambda s: print(s, file=sys.stderr)
+        config,
+        args.out,
+        progress=not args.no_progress,
+        echo=lambda s: print(s, file=sys.stderr),
+        jobs=int(args.jobs),
     )
     return {
         "out": str(args.out),

@@ -35,12 +35,26 @@ class TSHConfig:
     reward_scale: float = 0.01  # rewards (seconds of watch time) are multiplied by this
     grad_clip: float = 10.0
     neutral_fit_steps: int = 300  # supervised steps fitting the MFCs to the plain sum at init
+    # Transfer loss of the inner stage: "bpr" is eq. 16 (hard 0/1 pair labels, the paper's);
+    # "soft" (a documented deviation, see losses.soft_transfer_loss) uses the outer stage's score
+    # differences as soft labels so the inner stage does not drift into step functions.
+    transfer: str = "bpr"
+    transfer_temperature: float = 1.0
+    # Weight of an L2 penalty on the outer-stage action in the actor loss (-Q + rho * mean a^2),
+    # as OpenAI Baselines' DDPG/HER ``action_l2``. See ``TSHAgent.update_actor``.
+    action_l2: float = 0.0
 
     def __post_init__(self) -> None:
         if not -0.5 < self.action_low < self.action_high:
             raise ValueError("need -0.5 < action_low < action_high")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError("lam must be in [0, 1]")
+        if self.transfer not in ("bpr", "soft"):
+            raise ValueError(f"transfer must be 'bpr' or 'soft', got {self.transfer!r}")
+        if not self.transfer_temperature > 0:
+            raise ValueError("transfer_temperature must be > 0")
+        if self.action_l2 < 0:
+            raise ValueError("action_l2 must be >= 0")
         if self.exploration_scale < 0:
             raise ValueError("exploration_scale must be >= 0")
 

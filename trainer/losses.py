@@ -56,6 +56,28 @@ def transfer_loss(z_outer: torch.Tensor, z_inner: torch.Tensor, mask: torch.Tens
     return (losses * ordered).sum() / n_pairs
 
 
+def soft_transfer_loss(
+    z_outer: torch.Tensor, z_inner: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """A soft-label variant of eq. 16 (a documented deviation, ``TSHConfig.transfer="soft"``):
+    RankNet cross-entropy of ``sigmoid((z^I_j - z^I_i) / T)`` against the soft label
+    ``sigmoid((z_j - z_i) / T)`` over the same pairs (``z_i < z_j``). Its minimum is at
+    ``z^I_j - z^I_i = z_j - z_i``: the inner stage absorbs the outer stage's score differences
+    instead of pushing every ordered pair's margin to infinity, which with the hard 0/1 label of
+    eq. 16 saturates the sigmoid MFCs into step functions even when the outer stage is the
+    identity (a = 0). Normalised by the number of pairs, like :func:`transfer_loss`.
+    """
+    z_outer = z_outer.detach()
+    ordered = (z_outer.unsqueeze(-1) < z_outer.unsqueeze(-2)) & _pair_mask(mask)  # [b, i, j]
+    d_inner = (z_inner.unsqueeze(-2) - z_inner.unsqueeze(-1)) / temperature
+    label = torch.sigmoid((z_outer.unsqueeze(-2) - z_outer.unsqueeze(-1)) / temperature)
+    losses = F.binary_cross_entropy_with_logits(d_inner, label, reduction="none")
+    # subtract the label's entropy so the loss is 0 at the optimum (same gradients)
+    entropy = F.binary_cross_entropy(label, label, reduction="none")
+    n_pairs = ordered.sum().clamp(min=1)
+    return ((losses - entropy) * ordered).sum() / n_pairs
+
+
 def monotonicity_loss(
     predictions: torch.Tensor, q_inner: torch.Tensor, directions: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:

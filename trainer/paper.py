@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from shared.tasks import make_tasks
 from trainer.baselines import (
     CEMConfig,
     FormulaConfig,
@@ -318,7 +319,7 @@ class Runner:
         self.progress = progress
         self.train_sim = UserSimulator(config.sim)
         self.eval_sim = UserSimulator(config.sim)
-        self.tasks = make_tasks(self.train_sim.tasks)
+        self.tasks = self.train_sim.task_specs()
         self.directions = task_directions(self.tasks)
         self.state_dim = self.train_sim.state_dim
 
@@ -528,18 +529,25 @@ def run_paper(
     out: Path,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Train and evaluate every method ``config.trials`` times; write paper.json/paper.md."""
+    """Train and evaluate every method ``config.trials`` times; write paper.json/paper.md.
+
+    ``jobs`` > 1 runs (method, seed) pairs in that many worker processes (each with
+    ``config.torch_threads`` torch threads). Every run reseeds its simulator, networks and
+    replay from its seed, so the results do not depend on ``jobs`` or on the order of runs."""
+    if jobs < 1:
+        raise ValueError("jobs must be >= 1")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.torch_threads)
     try:
-        return _run_paper(config, out, progress, echo)
+        return _run_paper(config, out, progress, echo, jobs)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _run_paper(
-    config: PaperConfig, out: Path, progress: bool, echo: Callable[[str], None]
+    config: PaperConfig, out: Path, progress: bool, echo: Callable[[str], None], n_jobs: int
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
     torch_threads = torch.get_num_threads()
@@ -555,27 +563,36 @@ def _run_paper(
     plain = runner.plain_sum()
     projected = sum(estimates.values()) * config.trials
     echo(
-        f"paper: {len(methods)} methods x {config.trials} seeds; projected "
-        f"{projected / 60:.1f} min (probe {probe_s:.1f} s; per seed: "
+        f"paper: {len(methods)} methods x {config.trials} seeds, {n_jobs} job(s); projected "
+        f"{projected / 60 / n_jobs:.1f} min (probe {probe_s:.1f} s; per seed: "
         + ", ".join(f"{k} {v:.0f}s" for k, v in estimates.items())
         + ")"
     )
 
     results: dict[str, Any] = {}
     jobs = [(m, s) for m in methods for s in range(config.trials)]
-    bar = tqdm(jobs, desc="paper", disable=not progress, unit="run")
+
+    def checkpoint_of(method: Method, seed: int) -> Path | None:
+        if seed != 0:
+            return None
+        return ckpt_dir / f"{method.key}{'.json' if method.kind == 'cem' else '.safetensors'}"
+
+    trials: dict[tuple[str, int], Trial] = {}
+    bar = tqdm(total=len(jobs), desc="paper", disable=not progress, unit="run")
     spent = estimated = 0.0  # of the finished runs: the probe's error so far rescales the rest
-    for i, (method, seed) in enumerate(bar):
-        left = sum(estimates[m.key] for m, _ in jobs[i:])
-        scale = spent / estimated if estimated > 0 else 1.0
-        bar.set_postfix_str(f"{method.key} seed {seed}, ~{left * scale / 60:.0f} min left")
-        ckpt = None
-        if seed == 0:
-            suffix = ".json" if method.kind == "cem" else ".safetensors"
-            ckpt = ckpt_dir / f"{method.key}{suffix}"
-        trial = runner.run(method, seed, ckpt)
+    for method, seed, trial in _execute(runner, jobs, checkpoint_of, jobs_n=n_jobs):
+        trials[(method.key, seed)] = trial
         spent += trial.seconds
         estimated += estimates[method.key]
+        left = sum(estimates[m.key] for m, s in jobs if (m.key, s) not in trials)
+        scale = spent / estimated if estimated > 0 else 1.0
+        bar.set_postfix_str(
+            f"{method.key} seed {seed} done, ~{left * scale / 60 / n_jobs:.0f} min left"
+        )
+        bar.update()
+    bar.close()
+    for method, seed in jobs:  # assemble in a fixed order, whatever order the runs finished in
+        ckpt = checkpoint_of(method, seed)
         entry = results.setdefault(
             method.key,
             {
@@ -585,11 +602,13 @@ def _run_paper(
                 "formula": method.formula,
                 "tsh_overrides": dict(method.tsh),
                 "projected_seconds_per_seed": estimates[method.key],
-                "checkpoint": str(ckpt.relative_to(out)) if ckpt else None,
+                "checkpoint": None,
                 "trials": [],
             },
         )
-        entry["trials"].append(trial.as_dict())
+        if ckpt is not None:
+            entry["checkpoint"] = str(ckpt.relative_to(out))
+        entry["trials"].append(trials[(method.key, seed)].as_dict())
         entry["summary"] = summarise(entry["trials"])
 
     seconds = time.perf_counter() - t_start
@@ -600,6 +619,7 @@ def _run_paper(
             "projected_seconds": projected,
             "probe_seconds": probe_s,
             "torch_threads": torch_threads,
+            "jobs": n_jobs,
             "machine": platform.platform(),
             "seeds": list(range(config.trials)),
             "world_seed": config.sim.seed,
@@ -619,6 +639,45 @@ def _run_paper(
         f"wrote {out / 'paper.md'}"
     )
     return report
+
+
+# ------------------------------------------------------------------------------ parallel runs
+
+_WORKER_RUNNER: Runner | None = None
+
+
+def _worker_init(config: PaperConfig) -> None:
+    global _WORKER_RUNNER
+    torch.set_num_threads(config.torch_threads)
+    _WORKER_RUNNER = Runner(config)
+
+
+def _worker_run(key: str, seed: int, checkpoint: Path | None) -> Trial:
+    assert _WORKER_RUNNER is not None
+    return _WORKER_RUNNER.run(METHOD_BY_KEY[key], seed, checkpoint)
+
+
+def _execute(
+    runner: Runner,
+    jobs: Sequence[tuple[Method, int]],
+    checkpoint_of: Callable[[Method, int], Path | None],
+    jobs_n: int,
+) -> Iterator[tuple[Method, int, Trial]]:
+    """Run every (method, seed), in this process or in ``jobs_n`` spawned workers; yields as
+    runs finish. The longest projected runs are not reordered: the list is already grouped
+    by method, and worker start-up is a few seconds against minutes of work."""
+    if jobs_n == 1:
+        for method, seed in jobs:
+            yield method, seed, runner.run(method, seed, checkpoint_of(method, seed))
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
+    with ProcessPoolExecutor(
+        jobs_n, mp_context=ctx, initializer=_worker_init, initargs=(runner.config,)
+    ) as pool:
+        futures = {pool.submit(_worker_run, m.key, s, checkpoint_of(m, s)): (m, s) for m, s in jobs}
+        for future in as_completed(futures):
+            method, seed = futures[future]
+            yield method, seed, future.result()
 
 
 # ------------------------------------------------------------------------------------ report

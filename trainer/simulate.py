@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from shared.tasks import make_tasks
 from trainer.config import TSHConfig, from_dict, load_json, to_dict
 from trainer.replay import ReplayBuffer
 from trainer.simulator import EvalResult, SimConfig, UserSimulator, evaluate
@@ -101,7 +100,7 @@ def train_on_simulator(
     t0 = time.perf_counter()
     tc = config.train
     sim = UserSimulator(config.sim.replace(seed=tc.seed))
-    tasks = make_tasks(sim.tasks)
+    tasks = sim.task_specs()
     agent = TSHAgent(tasks, sim.state_dim, config.tsh, seed=tc.seed)
     replay = ReplayBuffer(
         tc.replay_capacity, sim.state_dim, len(tasks), tc.replay_candidates, seed=tc.seed

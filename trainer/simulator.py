@@ -88,7 +88,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.tasks import DEFAULT_TASK_NAMES
+from shared.tasks import DEFAULT_TASK_NAMES, TaskSpec, calibrate_tasks, make_tasks
 from trainer import kuairand
 
 logger = logging.getLogger(__name__)
@@ -724,6 +724,14 @@ class UserSimulator:
         return self._require_users().sat.copy()
 
     # ---------------------------------------------------------------------------- public API
+    def task_specs(self, n_users: int = 512, seed: int = 777) -> tuple[TaskSpec, ...]:
+        """The tasks with input normalisation fitted to this world's MTL predictions (what a
+        deployment reads off its logs), from one request of ``n_users`` users. Resets the
+        simulator: call it before collecting."""
+        obs = self.reset(n_users, seed=seed, auto_reset=False)
+        sample = obs.predictions.reshape(-1, obs.predictions.shape[-1])
+        return calibrate_tasks(make_tasks(self.tasks), sample)
+
     def reset(self, n_users: int, seed: int | None = None, auto_reset: bool = True) -> Observation:
         """Start ``n_users`` fresh sessions.
 

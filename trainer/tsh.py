@@ -167,6 +167,12 @@ class TSHAgent:
         s = self.norm(_t(batch.state))
         action = self.actor(s)
         loss = losses.actor_loss(self.critic(s, action))
+        if self.config.action_l2 > 0:
+            # The inner stage absorbs whatever the outer stage does (eq. 16), so a constant
+            # action compounds step after step; an actor pinned at a bound (tanh saturated, no
+            # gradient left) then drives the fusion without end. Keeping a near 0 keeps the
+            # outer stage a small, reversible correction of the inner one.
+            loss = loss + self.config.action_l2 * action.pow(2).mean()
         self.actor_opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(self.actor.parameters(), self.config.grad_clip)
@@ -182,7 +188,12 @@ class TSHAgent:
         with torch.no_grad():
             z_outer = losses.fused_score(losses.outer_stage(q_inner, self.actor(s)))
         z_inner = losses.fused_score(q_inner)
-        transfer = losses.transfer_loss(z_outer, z_inner, mask)
+        if self.config.transfer == "soft":
+            transfer = losses.soft_transfer_loss(
+                z_outer, z_inner, mask, self.config.transfer_temperature
+            )
+        else:
+            transfer = losses.transfer_loss(z_outer, z_inner, mask)
         mono = losses.monotonicity_loss(preds, q_inner, self.directions, mask)
         loss = losses.inner_loss(mono, transfer, self.config.lam)
         self.inner_opt.zero_grad()

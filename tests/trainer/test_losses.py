@@ -219,3 +219,15 @@ def test_monotonicity_loss_gradient_pushes_towards_monotone() -> None:
 def test_inner_loss_mixes_mono_sum_and_transfer(lam: float, want: float) -> None:
     got = losses.inner_loss(_t([0.1, 0.3]), _t(2.0), lam)
     assert float(got) == pytest.approx(want, rel=1e-6)
+
+
+def test_soft_transfer_loss_is_zero_when_the_inner_scores_copy_the_outer_differences() -> None:
+    z_outer = torch.tensor([[0.0, 1.0, 3.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    shifted = z_outer + 5.0  # same differences: the optimum of the soft label
+    assert float(losses.soft_transfer_loss(z_outer, shifted, mask)) == pytest.approx(0.0, abs=1e-6)
+    # the hard BPR label of eq. 16 is not at its optimum there: it wants unbounded margins
+    assert float(losses.transfer_loss(z_outer, shifted, mask)) > 0.05
+    stretched = z_outer * 10.0  # same order, ten times the margins
+    assert float(losses.soft_transfer_loss(z_outer, stretched, mask)) > 0.1
+    assert float(losses.soft_transfer_loss(z_outer, -z_outer, mask)) > 0.5  # order reversed

@@ -110,3 +110,26 @@ def test_unknown_method_is_a_one_line_cli_error(tmp_path: Path, capsys) -> None:
     rc = cli.main(["paper", "--quick", "--methods", "xmtf,nope", "--out", str(tmp_path)])
     assert rc == 2
     assert "unknown method(s) nope" in capsys.readouterr().err
+
+
+def test_parallel_jobs_give_the_serial_results(tmp_path: Path, quick_run) -> None:
+    """`--jobs 2` spreads the runs over two worker processes; every run reseeds everything it
+    uses, so each (method, seed) comes out exactly as in the serial run."""
+    _, serial = quick_run
+    methods = "cem1,td3_1,xmtf"
+    out = tmp_path / "parallel"
+    argv = ["paper", "--quick", "--trials", "2", "--methods", methods, "--jobs", "2"]
+    assert cli.main([*argv, "--out", str(out), "--no-progress"]) == 0
+    parallel = json.loads((out / "paper.json").read_text())
+    assert parallel["meta"]["jobs"] == 2
+    for key in methods.split(","):
+        got = [
+            (t["seed"], t["return_mean"], t["length_mean"])
+            for t in parallel["methods"][key]["trials"]
+        ]
+        want = [
+            (t["seed"], t["return_mean"], t["length_mean"])
+            for t in serial["methods"][key]["trials"]
+        ]
+        assert got == want, key
+        assert (out / parallel["methods"][key]["checkpoint"]).is_file()

@@ -302,3 +302,28 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         other = loaded._modules()[name].state_dict()
         for key, value in module.state_dict().items():
             assert torch.equal(value, other[key]), f"{name}.{key}"
+
+
+def test_action_l2_pulls_the_actor_back_from_a_bound() -> None:
+    """With a critic that is flat in the action, only the penalty moves the actor: towards 0
+    with ``action_l2`` > 0, nowhere without it."""
+    batch = _batch()
+    moved = {}
+    for rho in (0.0, 1.0):
+        agent = _fresh(TSHConfig(hidden=32, batch_size=64, actor_lr=1e-2, action_l2=rho))
+        for p in agent.critic.parameters():
+            torch.nn.init.zeros_(p)
+        with torch.no_grad():  # start pinned near the lower bound, as a saturated actor is
+            agent.actor.net[-1].bias.fill_(-2.0)
+        s = np.asarray(batch.state)
+        before = np.abs(agent.act(s, explore=False)[0]).mean()
+        for _ in range(20):
+            agent.update_actor(batch)
+        moved[rho] = before - np.abs(agent.act(s, explore=False)[0]).mean()
+    assert moved[0.0] == pytest.approx(0.0, abs=1e-6)
+    assert moved[1.0] > 0.05
+
+
+def test_action_l2_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="action_l2"):
+        TSHConfig(action_l2=-1.0)
