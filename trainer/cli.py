@@ -13,7 +13,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shared.tasks import TaskSpec
 
 log = logging.getLogger("xmtf-train")
 
@@ -49,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "state-dim", required=_env("state-dim") is None, type=_positive_int)
     _add(p, "tasks", "click,long_view,like,follow,comment,share", help="comma-separated task names")
     _add(p, "directions", None, help="comma-separated 1/-1 per task (default all 1)")
+    _add(
+        p,
+        "predictions-sample",
+        None,
+        type=Path,
+        help="a .npy float array (n, K) of logged predictions: fits each task's input "
+        "normalisation and range (default: every task in [0, 1], unnormalised)",
+    )
     _add(p, "seed", 0, type=int)
 
     p = sub.add_parser("consume", help="train on the sessions logged in Redis and publish versions")
@@ -80,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "trials", None, type=_positive_int, help="seeds per method (default 5; quick: 2)")
     _add(p, "out", "results", type=Path)
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run in seconds")
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="only re-render <out>/paper.md from its paper.json and paper-notes.md",
+    )
     _add(p, "methods", None, help="comma-separated subset of the methods (default: all)")
     _add(p, "config", None, type=Path, help="JSON overrides: sim, tsh, train, cem, td3, formula")
     _add(p, "threads", None, type=_positive_int, help="torch threads per run (default 1)")
@@ -112,9 +128,33 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
         tasks = make_tasks(names, directions)
     except ValueError as exc:
         raise CLIError(f"--tasks/--directions: {exc}") from exc
+    if args.predictions_sample is not None:
+        tasks = _calibrated(tasks, Path(args.predictions_sample))
     agent = TSHAgent(tasks, int(args.state_dim), seed=int(args.seed))
     result = export_version(agent, args.model_dir, training={"source": "init"})
     return {"version": result.version, "path": str(result.path)}
+
+
+def _calibrated(tasks: tuple[TaskSpec, ...], path: Path) -> tuple[TaskSpec, ...]:
+    import numpy as np
+
+    from shared.tasks import calibrate_tasks
+
+    try:
+        sample = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"--predictions-sample: cannot read {path} as .npy: {exc}") from exc
+    if sample.dtype.kind not in "fiu" or sample.ndim != 2 or len(sample) < 2:
+        raise CLIError(
+            f"--predictions-sample: need a numeric (n >= 2, {len(tasks)}) array, "
+            f"got {sample.dtype} {sample.shape}"
+        )
+    if not np.isfinite(sample).all():
+        raise CLIError("--predictions-sample: the array holds NaN or infinite values")
+    try:
+        return calibrate_tasks(tasks, sample)
+    except ValueError as exc:
+        raise CLIError(f"--predictions-sample: {exc}") from exc
 
 
 def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,7 +244,12 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
-    from trainer.paper import PaperConfig, run_paper
+    from trainer.paper import PaperConfig, render_run, run_paper
+
+    if args.render_only:
+        if not (Path(args.out) / "paper.json").is_file():
+            raise CLIError(f"{args.out} has no paper.json to render")
+        return {"out": str(args.out), "rendered": str(render_run(Path(args.out)))}
 
     trials = int(args.trials) if args.trials else None
     try:

@@ -41,8 +41,9 @@ class TSHConfig:
     transfer: str = "bpr"
     transfer_temperature: float = 1.0
     # Weight of an L2 penalty on the outer-stage action in the actor loss (-Q + rho * mean a^2),
-    # as OpenAI Baselines' DDPG/HER ``action_l2``. See ``TSHAgent.update_actor``.
-    action_l2: float = 0.0
+    # as OpenAI Baselines' DDPG/HER ``action_l2``; not in the paper (0 turns it off). Without it
+    # the actor ran to a bound and stayed there (see results/paper.md). TSHAgent.update_actor.
+    action_l2: float = 1.0
 
     def __post_init__(self) -> None:
         if not -0.5 < self.action_low < self.action_high:

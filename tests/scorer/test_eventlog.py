@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from scorer.app import create_app
 from scorer.eventlog import EventLogger
-from scorer.settings import ScorerSettings
 from shared.events import (
     FEEDBACK,
     RANK,
@@ -32,6 +30,7 @@ from shared.events import (
     decode,
 )
 from tests.conftest import RedisServer
+from tests.scorer.conftest import MakeClient
 from tests.scorer.test_app import TASKS, actor_and_mfc, metric, rank_body, wait_until
 
 STREAM = "xmtf:test-events"
@@ -39,32 +38,9 @@ MAX_RANK_SECONDS = 0.5  # generous: ranking must not wait on Redis (behaviour, n
 
 
 @pytest.fixture
-def make_client(model_dir: Path, redis_server: RedisServer) -> Iterator[Any]:
-    clients: list[TestClient] = []
-
-    def make(**overrides: Any) -> TestClient:
-        kw: dict[str, Any] = {
-            "model_dir": model_dir,
-            "redis_url": redis_server.url,
-            "events_stream": STREAM,
-            "poll_interval_s": 0.1,
-            "exploration_scale": 0.0,
-            "seed": 0,
-            "admin_token": None,
-            "redis_timeout_s": 0.1,
-            "redis_backoff_max_s": 0.2,
-        }
-        kw.update(overrides)
-        client = TestClient(create_app(ScorerSettings(**kw)), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    try:
-        yield make
-    finally:
-        for client in clients:
-            client.__exit__(None, None, None)
+def make_client(make_client: MakeClient) -> MakeClient:
+    """The scorer tests' factory with short Redis timeouts, for the outage tests."""
+    return functools.partial(make_client, redis_timeout_s=0.1)
 
 
 def stream_events(server: RedisServer) -> list[Any]:

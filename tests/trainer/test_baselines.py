@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -28,14 +27,6 @@ from trainer.tsh import TSHAgent, violation_rate
 
 SMALL = TSHConfig(hidden=32, batch_size=64, inner_batch_size=16)
 D, K = 5, 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _increasing_along_task(fn, rng: np.random.Generator) -> None:

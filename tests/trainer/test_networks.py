@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -13,15 +11,6 @@ from trainer.networks import Actor, Critic, MFCBank, RunningNorm
 
 TASKS = make_tasks(["click", "like", "skip"], [1, 1, -1])
 D = 6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The networks here are tiny: one intra-op thread is faster and robust on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _bank(monotone: bool = False, seed: int = 0, tasks=TASKS) -> MFCBank:

@@ -5,25 +5,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from trainer import cli
 from trainer.paper import METHODS, PaperConfig, Runner, TSHLearner, mfc_violation_rate
 from trainer.tsh import TSHAgent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +26,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 def test_quick_run_covers_every_method_with_finite_results(quick_run) -> None:
     out, report = quick_run
-    assert set(report["methods"]) == {m.key for m in METHODS}
+    assert set(report["methods"]) == {m.key for m in METHODS if m.table != 5}
     for key, entry in report["methods"].items():
         assert len(entry["trials"]) == 2, key
         s = entry["summary"]
@@ -64,6 +54,9 @@ def test_markdown_tables_match_the_json(quick_run) -> None:
     plain = report["plain_sum"]
     assert f"{plain['return_mean']:.1f} ± 0.0" in rows["plain sum (no training)"]
     for m in METHODS:
+        if m.table == 5:  # the deviations table is not in the default run
+            assert m.key not in report["methods"] and "Table 5" not in md
+            continue
         s = report["methods"][m.key]["summary"]
         label = m.label if m.table == 3 else f"λ = {m.tsh[0][1]:g}"
         cells = [c.strip() for c in rows[label].split("|")[1:-1]]
@@ -133,3 +126,29 @@ def test_parallel_jobs_give_the_serial_results(tmp_path: Path, quick_run) -> Non
         ]
         assert got == want, key
         assert (out / parallel["methods"][key]["checkpoint"]).is_file()
+
+
+def test_deviation_methods_render_their_own_table_and_the_notes(tmp_path: Path) -> None:
+    out = tmp_path / "deviations"
+    out.mkdir()
+    (out / "paper-notes.md").write_text("## Investigation\n\nwhat was found")
+    keys = [m.key for m in METHODS if m.table == 5]
+    argv = ["paper", "--quick", "--trials", "1", "--methods", ",".join(keys)]
+    assert cli.main([*argv, "--out", str(out), "--no-progress"]) == 0
+    md = (out / "paper.md").read_text()
+    assert "Table 5" in md and md.rstrip().endswith("what was found")
+    for m in METHODS:
+        if m.table == 5:
+            assert f"| {m.label} |" in md
+
+
+def test_render_only_appends_new_notes_without_training(tmp_path: Path, quick_run) -> None:
+    src, _ = quick_run
+    out = tmp_path / "copy"
+    out.mkdir()
+    (out / "paper.json").write_text((src / "paper.json").read_text())
+    (out / "paper-notes.md").write_text("## Investigation\n\nfound it")
+    assert cli.main(["paper", "--render-only", "--out", str(out)]) == 0
+    md = (out / "paper.md").read_text()
+    assert md.rstrip().endswith("found it") and "Table 3" in md
+    assert cli.main(["paper", "--render-only", "--out", str(tmp_path / "none")]) == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,6 @@ from trainer.tsh import TSHAgent, soft_update
 TASKS = make_tasks(["click", "like", "skip"], [1, 1, -1])
 D = 5
 SMALL = TSHConfig(hidden=32, batch_size=64, inner_batch_size=16)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The networks here are tiny: one intra-op thread is faster and robust on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
