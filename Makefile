@@ -34,6 +34,8 @@ PAPER_JOBS ?= 2
 .PHONY: paper
 paper: install
 	$(BIN)/xmtf-train paper --out results --jobs $(PAPER_JOBS)
+	$(BIN)/xmtf-train paper --out results/deviations --jobs $(PAPER_JOBS) \
+		--methods xmtf_no_action_l2,xmtf_soft
 	$(BIN)/xmtf-train plot --run results --out results/figures
 
 lint: install

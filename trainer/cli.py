@@ -92,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "out", "results", type=Path)
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run in seconds")
     p.add_argument(
+        "--merge",
+        action="store_true",
+        help="add these --methods to the study already in <out>/paper.json (same config)",
+    )
+    p.add_argument(
         "--render-only",
         action="store_true",
         help="only re-render <out>/paper.md from its paper.json and paper-notes.md",
@@ -244,7 +249,7 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
-    from trainer.paper import PaperConfig, render_run, run_paper
+    from trainer.paper import PaperConfig, StudyMismatch, render_run, run_paper
 
     if args.render_only:
         if not (Path(args.out) / "paper.json").is_file():
@@ -269,13 +274,17 @@ def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
             config = dataclasses.replace(config, **changes)
     except (ValueError, TypeError) as exc:
         raise CLIError(str(exc)) from exc
-    report = run_paper(
-        config,
-        args.out,
-        progress=not args.no_progress,
-        echo=lambda s: print(s, file=sys.stderr),
-        jobs=int(args.jobs),
-    )
+    try:
+        report = run_paper(
+            config,
+            args.out,
+            progress=not args.no_progress,
+            echo=lambda s: print(s, file=sys.stderr),
+            jobs=int(args.jobs),
+            merge=bool(args.merge),
+        )
+    except StudyMismatch as exc:
+        raise CLIError(str(exc)) from exc
     return {
         "out": str(args.out),
         "seconds": round(report["meta"]["seconds"], 1),

@@ -74,6 +74,7 @@ METHODS: tuple[Method, ...] = (
     Method("td3_2", "TD3-2", "td3", formula="log"),
     Method("batchrl1", "BatchRL-MTF-1", "batchrl", formula="linear"),
     Method("batchrl2", "BatchRL-MTF-2", "batchrl", formula="log"),
+    Method("xmtf_init", "xMTF as initialised (a ≈ 0, no training)", "init"),
     Method("xmtf", "xMTF", "tsh"),
     Method("xmtf_no_outer", "xMTF w/o outer stage", "myopic"),
     Method("xmtf_no_inner", "xMTF w/o inner stage", "tsh", tsh=(("use_inner", False),)),
@@ -107,7 +108,7 @@ METHODS: tuple[Method, ...] = (
 METHOD_BY_KEY = {m.key: m for m in METHODS}
 #: Formula-based methods: xMTF must beat the best of these to support the paper's claim.
 FORMULA_BASELINES = ("cem1", "cem2", "td3_1", "td3_2", "batchrl1", "batchrl2", "xmtf_no_inner")
-MFC_KINDS = ("tsh", "myopic")
+MFC_KINDS = ("tsh", "myopic", "init")
 
 
 # ------------------------------------------------------------------------------------- config
@@ -356,7 +357,7 @@ class Runner:
     def make_learner(self, method: Method, seed: int) -> Learner:
         cfg, tc = self.config, self.config.train
         tsh = method.tsh_config(cfg.tsh)
-        if method.kind == "tsh":
+        if method.kind in ("tsh", "init"):
             agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
             return TSHLearner(agent, self._replay(seed), tsh.batch_size)
         if method.kind == "myopic":
@@ -390,10 +391,12 @@ class Runner:
         desc = f"{method.key} s{seed}"
         learner = self.make_learner(method, seed)
         extra: dict[str, Any] = {}
-        curve = run_online(
-            self.train_sim, learner, tc, seed, log_every=cfg.log_every,
-            progress=self.progress, desc=desc,
-        )  # fmt: skip
+        curve: list[dict[str, float]] = []
+        if method.kind != "init":  # "init": the control, evaluated as `xmtf-train init` makes it
+            curve = run_online(
+                self.train_sim, learner, tc, seed, log_every=cfg.log_every,
+                progress=self.progress, desc=desc,
+            )  # fmt: skip
         if method.kind == "batchrl":
             assert isinstance(learner, TD3Learner)
             extra["behaviour_return"] = _mean_curve(curve, "train_return")
@@ -497,6 +500,11 @@ def estimate_seconds(runner: Runner, methods: Sequence[Method]) -> dict[str, flo
             per_session = (time.perf_counter() - t) / probe_sessions
             sessions = cfg.cem.iterations * cfg.cem.population * cfg.cem.sessions
             est = per_session * (sessions + tc.eval_sessions)
+        elif method.kind == "init":
+            t = time.perf_counter()
+            learner = runner.make_learner(method, seed=0)
+            runner.evaluate(learner.score_fn(), probe_sessions)
+            est = (time.perf_counter() - t) * tc.eval_sessions / probe_sessions
         else:
             t = time.perf_counter()
             learner = runner.make_learner(method, seed=0)
@@ -546,24 +554,57 @@ def run_paper(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     jobs: int = 1,
+    merge: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate every method ``config.trials`` times; write paper.json/paper.md.
 
     ``jobs`` > 1 runs (method, seed) pairs in that many worker processes (each with
     ``config.torch_threads`` torch threads). Every run reseeds its simulator, networks and
-    replay from its seed, so the results do not depend on ``jobs`` or on the order of runs."""
+    replay from its seed, so the results do not depend on ``jobs`` or on the order of runs.
+
+    ``merge`` adds the methods run now to an existing ``out/paper.json`` of the same study (same
+    configuration but for the method list, same plain-sum result), replacing their old entries:
+    one more method does not need the whole study again."""
     if jobs < 1:
         raise ValueError("jobs must be >= 1")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.torch_threads)
     try:
-        return _run_paper(config, out, progress, echo, jobs)
+        prior = _prior_study(config, out) if merge else None
+        return _run_paper(config, out, progress, echo, jobs, prior)
     finally:
         torch.set_num_threads(threads_before)
 
 
+class StudyMismatch(ValueError):
+    """``merge`` asked for a study that is absent or was run with another configuration."""
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "methods"}
+
+
+def _prior_study(config: PaperConfig, out: Path) -> dict[str, Any]:
+    path = out / "paper.json"
+    if not path.is_file():
+        raise StudyMismatch(f"nothing to merge into: {path} does not exist")
+    prior: dict[str, Any] = json.loads(path.read_text())
+    mine, theirs = _comparable(config.as_dict()), _comparable(prior["config"])
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if differ:
+        raise StudyMismatch(
+            f"cannot merge into {path}: its configuration differs in {', '.join(differ)}"
+        )
+    return prior
+
+
 def _run_paper(
-    config: PaperConfig, out: Path, progress: bool, echo: Callable[[str], None], n_jobs: int
+    config: PaperConfig,
+    out: Path,
+    progress: bool,
+    echo: Callable[[str], None],
+    n_jobs: int,
+    prior: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
     torch_threads = torch.get_num_threads()
@@ -628,24 +669,35 @@ def _run_paper(
         entry["summary"] = summarise(entry["trials"])
 
     seconds = time.perf_counter() - t_start
+    meta = {
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seconds": seconds,
+        "projected_seconds": projected,
+        "probe_seconds": probe_s,
+        "torch_threads": torch_threads,
+        "jobs": n_jobs,
+        "machine": platform.platform(),
+        "seeds": list(range(config.trials)),
+        "world_seed": config.sim.seed,
+        "eval_seed": config.train.eval_seed,
+        "eval_sessions": config.train.eval_sessions,
+    }
     report: dict[str, Any] = {
-        "meta": {
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "seconds": seconds,
-            "projected_seconds": projected,
-            "probe_seconds": probe_s,
-            "torch_threads": torch_threads,
-            "jobs": n_jobs,
-            "machine": platform.platform(),
-            "seeds": list(range(config.trials)),
-            "world_seed": config.sim.seed,
-            "eval_seed": config.train.eval_seed,
-            "eval_sessions": config.train.eval_sessions,
-        },
+        "meta": meta,
         "config": config.as_dict(),
         "plain_sum": plain,
         "methods": results,
     }
+    if prior is not None:
+        if prior["plain_sum"] != plain:
+            raise RuntimeError("the plain sum changed since the merged study: not the same world")
+        merged = {k: v for k, v in prior["methods"].items() if k not in results} | results
+        keys = [m.key for m in METHODS if m.key in merged]
+        report = prior | {"methods": {k: merged[k] for k in keys}}
+        report["config"] = prior["config"] | {"methods": keys}
+        report["meta"] = prior["meta"] | {
+            "merged": [*prior["meta"].get("merged", []), {**meta, "methods": list(results)}]
+        }
     report["verdict"] = verdict(report)
     (out / "paper.json").write_text(json.dumps(report, indent=2))
     notes = out / NOTES_FILE
@@ -654,7 +706,7 @@ def _run_paper(
     )
     echo(render_tables(report))
     echo(
-        f"paper: done in {seconds / 60:.1f} min (projected {projected / 60:.1f} min); "
+        f"paper: done in {seconds / 60:.1f} min (projected {projected / 60 / n_jobs:.1f} min); "
         f"wrote {out / 'paper.md'}"
     )
     return report
@@ -855,10 +907,16 @@ def render_markdown(report: dict[str, Any], findings: str | None = None) -> str:
         else ""
     )
     n = cfg["trials"]
+    jobs = int(meta.get("jobs", 1))
+    merged = "".join(
+        f"; {', '.join(m['methods'])} added on {m['created']} in {m['seconds'] / 60:.1f} min"
+        for m in meta.get("merged", [])
+    )
     head = f"""# xMTF offline study on the simulator (paper Tables 3 and 4)
 {quick}
-Generated by `xmtf-train paper` on {meta["created"]} in {meta["seconds"] / 60:.1f} min
-(projected {meta["projected_seconds"] / 60:.1f} min).
+Generated by `xmtf-train paper` on {meta["created"]} in {meta["seconds"] / 60:.1f} min with
+{jobs} parallel job(s) of {meta["torch_threads"]} torch thread(s) (projected
+{meta["projected_seconds"] / 60 / jobs:.1f} min){merged}.
 
 * Metric: total watch time per session (s) on the same {meta["eval_sessions"]} evaluation
   users (`evaluate(..., seed={meta["eval_seed"]})`) of one simulated world (world seed

@@ -34,7 +34,7 @@ def test_quick_run_covers_every_method_with_finite_results(quick_run) -> None:
             assert math.isfinite(s[name]), (key, name)
         assert s["return_mean"] > 0 and s["length_mean"] >= 1, key
         assert entry["checkpoint"] and (out / entry["checkpoint"]).is_file(), key
-        if entry["kind"] in ("tsh", "myopic") and key != "xmtf_no_inner":
+        if entry["kind"] in ("tsh", "myopic", "init") and key != "xmtf_no_inner":
             assert 0.0 <= s["mono_violation_mean"] <= 1.0, key
         else:  # no MFCs: nothing to audit
             assert "mono_violation_mean" not in s, key
@@ -152,3 +152,21 @@ def test_render_only_appends_new_notes_without_training(tmp_path: Path, quick_ru
     md = (out / "paper.md").read_text()
     assert md.rstrip().endswith("found it") and "Table 3" in md
     assert cli.main(["paper", "--render-only", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_merge_adds_methods_to_an_existing_study(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "study"
+    base = ["paper", "--quick", "--trials", "1", "--out", str(out), "--no-progress"]
+    assert cli.main([*base, "--methods", "cem1,xmtf_init"]) == 0
+    first = json.loads((out / "paper.json").read_text())
+    assert cli.main([*base, "--methods", "xmtf_no_inner", "--merge"]) == 0
+    merged = json.loads((out / "paper.json").read_text())
+    assert list(merged["methods"]) == ["cem1", "xmtf_init", "xmtf_no_inner"]
+    assert merged["methods"]["cem1"] == first["methods"]["cem1"]
+    assert merged["meta"]["merged"][0]["methods"] == ["xmtf_no_inner"]
+    md = (out / "paper.md").read_text()
+    assert "| xMTF w/o inner stage |" in md and "xmtf_no_inner added on" in md
+    # another configuration (here: more seeds) is not the same study
+    assert cli.main([*base[:3], "2", *base[4:], "--methods", "td3_1", "--merge"]) == 2
+    assert "differs in trials" in capsys.readouterr().err
+    assert cli.main([*base[:-3], "--out", str(tmp_path / "none"), "--merge"]) == 2
