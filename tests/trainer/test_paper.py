@@ -74,7 +74,7 @@ def test_markdown_tables_match_the_json(quick_run) -> None:
     best = report["methods"][verdict["best_formula_baseline"]]["label"]
     assert best in verdict["text"]
     assert ("does NOT beat" in verdict["text"]) != verdict["xmtf_beats_best_formula"]
-    assert re.search(r"projected [0-9.]+ min", md)
+    assert re.search(r"projected\s+[0-9.]+ min", md)
 
 
 def test_same_evaluation_users_for_every_method() -> None:
