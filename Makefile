@@ -28,6 +28,11 @@ test: install
 bench: install
 	$(BIN)/python -m loadtest.bench
 
+## bench-sim: user simulator throughput (user-requests per second)
+.PHONY: bench-sim
+bench-sim: install
+	$(BIN)/python -m loadtest.simbench
+
 ## paper: the paper's offline study (Tables 3-4) on the simulator -> results/paper.md
 ## (runs spread over PAPER_JOBS processes; one per core)
 PAPER_JOBS ?= 2
