@@ -701,10 +701,7 @@ def _run_paper(
         }
     report["verdict"] = verdict(report)
     (out / "paper.json").write_text(json.dumps(report, indent=2))
-    notes = out / NOTES_FILE
-    (out / "paper.md").write_text(
-        render_markdown(report, notes.read_text() if notes.is_file() else None)
-    )
+    write_markdown(report, out)
     echo(render_tables(report))
     echo(
         f"paper: done in {seconds / 60:.1f} min (projected {projected / 60 / n_jobs:.1f} min); "
@@ -889,13 +886,17 @@ def render_tables(report: dict[str, Any]) -> str:
 NOTES_FILE = "paper-notes.md"
 
 
-def render_run(out: Path) -> Path:
-    """Re-render ``out/paper.md`` from ``out/paper.json`` and the notes file (no training)."""
-    report = json.loads((out / "paper.json").read_text())
+def write_markdown(report: dict[str, Any], out: Path) -> Path:
+    """Write ``out/paper.md``: the report's tables plus the findings in ``out/NOTES_FILE``."""
     notes = out / NOTES_FILE
     path = out / "paper.md"
     path.write_text(render_markdown(report, notes.read_text() if notes.is_file() else None))
     return path
+
+
+def render_run(out: Path) -> Path:
+    """Re-render ``out/paper.md`` from ``out/paper.json`` and the notes file (no training)."""
+    return write_markdown(json.loads((out / "paper.json").read_text()), out)
 
 
 def render_markdown(report: dict[str, Any], findings: str | None = None) -> str:

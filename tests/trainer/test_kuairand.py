@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.trainer.real_data import REAL_DIR, needs_real
 from trainer.kuairand import (
     ACTIVE_DEGREES,
     COOCCURRENCE_ORDER,
@@ -33,23 +33,6 @@ USERS = FIXTURE / "user_features_pure.csv"
 VIDEOS = FIXTURE / "video_features_basic_pure.csv"
 LOGS = [FIXTURE / "log_standard_pure.csv", FIXTURE / "log_random_pure.csv"]
 FIXTURE_FILES = (USERS.name, VIDEOS.name, *(p.name for p in LOGS))
-
-
-def real_data_dir() -> Path | None:
-    """$XMTF_KUAIRAND_DIR, else ``shared/data/kuairand-pure`` beside the checkout."""
-    env = os.environ.get("XMTF_KUAIRAND_DIR")
-    folder = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
-    if not env:
-        folder = folder / "kuairand-pure"
-    return folder if (folder / "user_features_pure.csv").is_file() else None
-
-
-REAL = real_data_dir()
-needs_real = pytest.mark.skipif(
-    REAL is None,
-    reason="real KuaiRand-Pure data absent: set XMTF_KUAIRAND_DIR or place it in "
-    "../shared/data/kuairand-pure beside the checkout",
-)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -341,8 +324,8 @@ def test_unparsable_values_name_file_column_and_line(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- real features
 @needs_real
 def test_real_user_features() -> None:
-    assert REAL is not None
-    users = load_user_features(REAL / "user_features_pure.csv")
+    assert REAL_DIR is not None
+    users = load_user_features(REAL_DIR / "user_features_pure.csv")
     assert len(users) == 27_285
     assert len(np.unique(users.user_id)) == 27_285
     assert np.isnan(users.onehot[:, 12:]).all(axis=1).sum() == 714
@@ -357,8 +340,8 @@ def test_real_user_features() -> None:
 
 @needs_real
 def test_real_video_features() -> None:
-    assert REAL is not None
-    videos = load_video_features(REAL / "video_features_basic_pure.csv")
+    assert REAL_DIR is not None
+    videos = load_video_features(REAL_DIR / "video_features_basic_pure.csv")
     assert len(videos) == 7_583
     known = videos.duration_s[~np.isnan(videos.duration_s)]
     assert len(known) == 7_344
