@@ -9,15 +9,15 @@ for ``/readyz`` and stops it; ``LoadLoop`` keeps a few keep-alive ``httpx.Client
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,8 @@ import numpy as np
 import orjson
 
 from shared.manifest import write_current
-from tests.conftest import free_port
+from tests.conftest import RedisServer, free_port
+from tests.helpers import wait_until as _wait_until
 
 BIN = Path(sys.executable).parent
 TASKS = ("click", "like", "skip")  # the ``exported_model`` fixture's tasks
@@ -53,21 +54,8 @@ def rank_body(
     }
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
-def metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not in metrics"
-    return float(match.group(1))
+#: The drills wait longer by default: they run against real processes under load.
+wait_until = functools.partial(_wait_until, timeout=15.0)
 
 
 def server_errors(metrics_text: str) -> list[str]:
@@ -319,3 +307,17 @@ def window(samples: list[Sample], t0: float, t1: float) -> list[Sample]:
 
 def failures(samples: list[Sample]) -> list[str]:
     return [f"{s.status}: {s.error}" for s in samples if s.status != 200][:5]
+
+
+@contextlib.contextmanager
+def scorer_with_redis(model_dir: Path, workdir: Path, stream: str) -> Iterator[ScorerProcess]:
+    """A throwaway ``redis-server`` and a scorer process logging to ``stream`` on it."""
+    server = RedisServer(port=free_port(), workdir=workdir)
+    server.start()
+    scorer = ScorerProcess(model_dir, server.url, env={"XMTF_EVENTS_STREAM": stream})
+    try:
+        scorer.start()
+        yield scorer
+    finally:
+        scorer.stop()
+        server.stop()

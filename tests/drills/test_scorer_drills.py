@@ -25,7 +25,6 @@ from tests.drills.scorer_process import (
     LoadLoop,
     ScorerProcess,
     failures,
-    metric,
     publish,
     rank_body,
     server_errors,
@@ -33,6 +32,7 @@ from tests.drills.scorer_process import (
     wait_until,
     window,
 )
+from tests.helpers import metric
 
 STREAM = "xmtf:drill-events"
 P99_BOUND_S = 0.25

@@ -24,11 +24,10 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
-from tests.conftest import RedisServer, free_port  # noqa: E402
 from tests.drills.scorer_process import (  # noqa: E402
     STATE_DIM,
     TASKS,
-    ScorerProcess,
+    scorer_with_redis,
     server_errors,
 )
 
@@ -44,18 +43,12 @@ FUZZ_SETTINGS = settings(
 
 @pytest.fixture(scope="module")
 def live(exported_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("fuzz-redis"))
-    server.start()
-    scorer = ScorerProcess(exported_model, server.url, env={"XMTF_EVENTS_STREAM": "xmtf:fuzz"})
-    try:
-        scorer.start()
+    workdir = tmp_path_factory.mktemp("fuzz-redis")
+    with scorer_with_redis(exported_model, workdir, "xmtf:fuzz") as scorer:
         yield scorer.base
         text = httpx.get(f"{scorer.base}/metrics", timeout=5).text
         assert not server_errors(text), server_errors(text)
         assert scorer.alive()
-    finally:
-        scorer.stop()
-        server.stop()
 
 
 def unresolved_refs(doc: Any) -> list[str]:

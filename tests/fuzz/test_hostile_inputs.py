@@ -21,8 +21,12 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import RedisServer, free_port
-from tests.drills.scorer_process import ScorerProcess, rank_body, server_errors
+from tests.drills.scorer_process import (
+    ScorerProcess,
+    rank_body,
+    scorer_with_redis,
+    server_errors,
+)
 
 MB = 1024 * 1024
 
@@ -319,15 +323,9 @@ def cases() -> dict[str, Case]:
 
 @pytest.fixture(scope="module")
 def live(exported_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScorerProcess]:
-    server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("hostile-redis"))
-    server.start()
-    scorer = ScorerProcess(exported_model, server.url, env={"XMTF_EVENTS_STREAM": "xmtf:hostile"})
-    try:
-        scorer.start()
+    workdir = tmp_path_factory.mktemp("hostile-redis")
+    with scorer_with_redis(exported_model, workdir, "xmtf:hostile") as scorer:
         yield scorer
-    finally:
-        scorer.stop()
-        server.stop()
 
 
 def assert_error_body(answer: Answer) -> None:

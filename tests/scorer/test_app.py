@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from scorer.ranking import fused_scores
 from shared.manifest import write_current
+from tests.helpers import metric, wait_until
 from tests.scorer.conftest import MakeClient
 
 TASKS = ("click", "like", "skip")
@@ -64,23 +65,6 @@ def assert_error(resp: Any, status: int, code: str | None = None, field: Any = .
     if field is not ...:
         assert err["field"] == field, err
     return err
-
-
-def metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not in metrics"
-    return float(match.group(1))
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 def publish(

@@ -30,8 +30,9 @@ from shared.events import (
     decode,
 )
 from tests.conftest import RedisServer
+from tests.helpers import metric, wait_until
 from tests.scorer.conftest import MakeClient
-from tests.scorer.test_app import TASKS, actor_and_mfc, metric, rank_body, wait_until
+from tests.scorer.test_app import TASKS, actor_and_mfc, rank_body
 
 STREAM = "xmtf:test-events"
 MAX_RANK_SECONDS = 0.5  # generous: ranking must not wait on Redis (behaviour, not a benchmark)
