@@ -79,14 +79,16 @@ def calibrate_tasks(
         raise ValueError(f"predictions must be (n, {len(tasks)}), got {x.shape}")
     if not 0.0 <= tail < 0.5:
         raise ValueError("tail must be in [0, 0.5)")
-    lo, hi = np.quantile(x, tail, axis=0), np.quantile(x, 1.0 - tail, axis=0)
-    out = []
-    for k, task in enumerate(tasks):
-        spread = max(float(x[:, k].std()), 1e-6)
-        high = max(float(hi[k]), float(lo[k]) + 1e-6)
-        out.append(
-            dataclasses.replace(
-                task, offset=float(x[:, k].mean()), scale=spread, low=float(lo[k]), high=high
-            )
+    low, high = np.quantile(x, tail, axis=0), np.quantile(x, 1.0 - tail, axis=0)
+    high = np.maximum(high, low + 1e-6)  # a constant prediction still gets a valid range
+    offset, scale = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
+    return tuple(
+        dataclasses.replace(
+            task,
+            offset=float(offset[k]),
+            scale=float(scale[k]),
+            low=float(low[k]),
+            high=float(high[k]),
         )
-    return tuple(out)
+        for k, task in enumerate(tasks)
+    )

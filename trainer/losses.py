@@ -44,16 +44,26 @@ def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
     return m.unsqueeze(-1) & m.unsqueeze(-2)
 
 
+def _pairwise_diff(z: torch.Tensor) -> torch.Tensor:
+    """(B, N) scores -> (B, N, N) differences ``[b, i, j] = z_j - z_i``."""
+    return z.unsqueeze(-2) - z.unsqueeze(-1)
+
+
+def _ordered_pairs(z_outer: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) mask of real-candidate pairs strictly ordered by the label, ``z_i < z_j``."""
+    return (_pairwise_diff(z_outer) > 0) & _pair_mask(mask)
+
+
+def _pair_mean(losses: torch.Tensor, ordered: torch.Tensor) -> torch.Tensor:
+    return (losses * ordered).sum() / ordered.sum().clamp(min=1)
+
+
 def transfer_loss(z_outer: torch.Tensor, z_inner: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Eq. 16, BPR knowledge transfer: for each pair with ``z_i < z_j`` (outer-stage score, the
     label), ``-log sigmoid(z^I_j - z^I_i)``. Only pairs strictly ordered by the outer stage count.
     """
-    z_outer = z_outer.detach()
-    ordered = (z_outer.unsqueeze(-1) < z_outer.unsqueeze(-2)) & _pair_mask(mask)  # [b, i, j]
-    diff = z_inner.unsqueeze(-2) - z_inner.unsqueeze(-1)  # [b, i, j] = z^I_j - z^I_i
-    losses = -F.logsigmoid(diff)
-    n_pairs = ordered.sum().clamp(min=1)
-    return (losses * ordered).sum() / n_pairs
+    ordered = _ordered_pairs(z_outer.detach(), mask)
+    return _pair_mean(-F.logsigmoid(_pairwise_diff(z_inner)), ordered)
 
 
 def soft_transfer_loss(
@@ -68,14 +78,12 @@ def soft_transfer_loss(
     identity (a = 0). Normalised by the number of pairs, like :func:`transfer_loss`.
     """
     z_outer = z_outer.detach()
-    ordered = (z_outer.unsqueeze(-1) < z_outer.unsqueeze(-2)) & _pair_mask(mask)  # [b, i, j]
-    d_inner = (z_inner.unsqueeze(-2) - z_inner.unsqueeze(-1)) / temperature
-    label = torch.sigmoid((z_outer.unsqueeze(-2) - z_outer.unsqueeze(-1)) / temperature)
-    losses = F.binary_cross_entropy_with_logits(d_inner, label, reduction="none")
+    label = torch.sigmoid(_pairwise_diff(z_outer) / temperature)
+    logits = _pairwise_diff(z_inner) / temperature
+    losses = F.binary_cross_entropy_with_logits(logits, label, reduction="none")
     # subtract the label's entropy so the loss is 0 at the optimum (same gradients)
     entropy = F.binary_cross_entropy(label, label, reduction="none")
-    n_pairs = ordered.sum().clamp(min=1)
-    return ((losses - entropy) * ordered).sum() / n_pairs
+    return _pair_mean(losses - entropy, _ordered_pairs(z_outer, mask))
 
 
 def monotonicity_loss(

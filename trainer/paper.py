@@ -649,7 +649,8 @@ def _run_paper(
         bar.update()
     bar.close()
     for method, seed in jobs:  # assemble in a fixed order, whatever order the runs finished in
-        ckpt = checkpoint_of(method, seed)
+        first_ckpt = checkpoint_of(method, 0)  # seed 0's model is the one kept
+        assert first_ckpt is not None
         entry = results.setdefault(
             method.key,
             {
@@ -659,12 +660,10 @@ def _run_paper(
                 "formula": method.formula,
                 "tsh_overrides": dict(method.tsh),
                 "projected_seconds_per_seed": estimates[method.key],
-                "checkpoint": None,
+                "checkpoint": str(first_ckpt.relative_to(out)),
                 "trials": [],
             },
         )
-        if ckpt is not None:
-            entry["checkpoint"] = str(ckpt.relative_to(out))
         entry["trials"].append(trials[(method.key, seed)].as_dict())
         entry["summary"] = summarise(entry["trials"])
 
