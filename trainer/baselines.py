@@ -50,7 +50,7 @@ from trainer.config import TSHConfig, to_dict
 from trainer.networks import Actor, Critic, RunningNorm
 from trainer.replay import Batch, ReplayBuffer
 from trainer.simulator import Observation, StepResult
-from trainer.tsh import TSHAgent, soft_update, violation_rate
+from trainer.tsh import TSHAgent, soft_update
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 FORMULAS = ("linear", "log")
@@ -482,19 +482,8 @@ class MyopicMFCLearner:
         transfer = losses.transfer_loss(
             _t(self.label[idx]), losses.fused_score(q_inner), label_mask
         )
-        mono = losses.monotonicity_loss(preds, q_inner, ag.directions, mask)
-        loss = losses.inner_loss(mono, transfer, ag.config.lam)
-        ag.inner_opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(ag.mfc.parameters(), ag.config.grad_clip)
-        ag.inner_opt.step()
         ag.updates += 1
-        return {
-            "inner_loss": float(loss.detach()),
-            "transfer_loss": float(transfer.detach()),
-            "mono_loss": float(mono.detach().sum()),
-            "mono_violation": violation_rate(preds, q_inner.detach(), ag.directions, mask),
-        }
+        return ag.inner_step(preds, q_inner, mask, transfer)
 
     def score_fn(self) -> ScoreFn:
         ag = self.agent

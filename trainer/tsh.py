@@ -194,6 +194,13 @@ class TSHAgent:
             )
         else:
             transfer = losses.transfer_loss(z_outer, z_inner, mask)
+        return self.inner_step(preds, q_inner, mask, transfer)
+
+    def inner_step(
+        self, preds: torch.Tensor, q_inner: torch.Tensor, mask: torch.Tensor, transfer: torch.Tensor
+    ) -> dict[str, float]:
+        """Eq. 18 given its transfer term (whatever labelled it): adds the monotonicity loss
+        over the masked candidates and takes one optimiser step on the MFCs."""
         mono = losses.monotonicity_loss(preds, q_inner, self.directions, mask)
         loss = losses.inner_loss(mono, transfer, self.config.lam)
         self.inner_opt.zero_grad()
