@@ -22,6 +22,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
@@ -45,12 +46,18 @@ ASGIApp = Callable[
 ]
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+def _json(body: Any, status: int = 200, background: BackgroundTask | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", background=background
+    )
 
 
 class LatencyMiddleware:
-    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): latency by route and status."""
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): latency by route and status.
+
+    The latency ends when the last byte of the response is handed to the server, not when the
+    app returns: work a route does after its response (a background step) is not client time.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -61,21 +68,29 @@ class LatencyMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        observed = False
+
+        def observe() -> None:
+            nonlocal observed
+            observed = True
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.latency.observe(
+                time.perf_counter() - start, route=path, status=str(status)
+            )
 
         async def send_wrapper(message: MutableMapping[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                observe()
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.metrics.latency.observe(
-                time.perf_counter() - start, route=path, status=str(status)
-            )
+            if not observed:
+                observe()
 
 
 class Scorer:
@@ -209,6 +224,9 @@ def create_app(settings: ScorerSettings) -> FastAPI:
         return error_response(500, "internal", "internal error")
 
     rank_body = _json_body(RankRequest)
+    # Encoding the session log's events runs after the response has been sent (the client is
+    # reading it meanwhile); one task object serves every request.
+    encode_events = BackgroundTask(scorer.events.encode_pending) if scorer.events else None
 
     @app.post("/v1/rank", response_model=RankResponse, openapi_extra=rank_body)
     async def rank(request: Request) -> Response:
@@ -253,7 +271,8 @@ def create_app(settings: ScorerSettings) -> FastAPI:
                 ],
                 "action": action.tolist(),
                 "explored": bool(settings.exploration_scale > 0),
-            }
+            },
+            background=encode_events,
         )
 
     if settings.bench_echo:
@@ -283,7 +302,7 @@ def create_app(settings: ScorerSettings) -> FastAPI:
             scorer.events.emit(FeedbackEvent(*ids, now, items, fb.session_end))
             if fb.session_end:
                 scorer.events.emit(SessionEndEvent(*ids, now))
-        return _json({"accepted": True}, 202)
+        return _json({"accepted": True}, 202, encode_events)
 
     @app.get("/v1/model")
     async def model_info() -> Response:
@@ -340,7 +359,7 @@ def create_app(settings: ScorerSettings) -> FastAPI:
         if ev:
             gauges |= {
                 "xmtf_events_logged_total": ("counter", "Events written to Redis.", ev.logged),
-                "xmtf_events_buffered": ("gauge", "Events waiting in the buffer.", len(ev.buffer)),
+                "xmtf_events_buffered": ("gauge", "Events waiting in the buffer.", ev.buffered),
                 "xmtf_events_dropped_total": (
                     "counter",
                     "Events dropped (buffer full).",

@@ -1,10 +1,13 @@
 """Session log writer: a bounded in-process buffer flushed to a Redis Stream in the background.
 
-The request path only appends to a deque (no I/O, no serialisation). A background task encodes
-batches and writes them with one pipelined round trip of ``XADD ... MAXLEN ~``. Redis calls use
-short timeouts and no retries; after a failure a circuit breaker waits (exponential backoff up to
-``backoff_max``) before the next attempt, while the buffer keeps filling up to its bound; past
-the bound the oldest events are dropped and counted.
+The request path only appends to a deque (no I/O, no serialisation). Routes that log encode
+what they appended *after their response is on the wire* (:meth:`EventLogger.encode_pending`
+as the response's background step): each event becomes one ready-to-send ``XADD ... MAXLEN ~``
+command (RESP bytes). A background task writes the commands in batches: one write on a pooled
+redis-py connection, then the replies, all under one timeout. No retries; after a failure a
+circuit breaker waits (exponential backoff up to ``backoff_max``) before the next attempt, while
+the buffer keeps filling up to its bound; past the bound the oldest events are dropped and
+counted.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import operator
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
@@ -49,9 +53,10 @@ class PendingRank:
     def to_event(self, max_candidates: int, rng: np.random.Generator) -> RankEvent:
         n = len(self.item_ids)
         if n > max_candidates:  # uniform sample without replacement, in input order
-            keep = np.sort(rng.choice(n, size=max_candidates, replace=False))
-            ids = tuple(self.item_ids[i] for i in keep)
-            preds = self.predictions[:, keep]
+            keep = np.sort(rng.permutation(n)[:max_candidates])
+            picked = operator.itemgetter(*keep.tolist())(self.item_ids)
+            ids = picked if max_candidates > 1 else (picked,)
+            preds = self.predictions.take(keep, axis=1)
         else:
             ids, preds = tuple(self.item_ids), self.predictions
         return RankEvent(
@@ -76,8 +81,22 @@ class PendingRank:
 Item = Event | PendingRank
 
 
+def pack_xadd(stream: bytes, maxlen: bytes, fields: dict[bytes, bytes]) -> bytes:
+    """``XADD stream MAXLEN ~ maxlen * field value ...`` as one RESP command."""
+    parts = [b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*"]
+    for key, value in fields.items():
+        parts += (key, value)
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
 class EventLogger:
-    """Bounded, non-blocking event log to one Redis Stream."""
+    """Bounded, non-blocking event log to one Redis Stream.
+
+    Two FIFO queues make up the buffer: ``pending`` (events as handed over by the request path)
+    and ``ready`` (their packed ``XADD`` commands, in the same order). Events always move from
+    the front of ``pending`` to the back of ``ready``, so the stream keeps the order of
+    :meth:`emit` calls whoever does the encoding.
+    """
 
     def __init__(
         self,
@@ -95,10 +114,12 @@ class EventLogger:
     ) -> None:
         self.stream = stream
         self.maxlen = maxlen
-        self.buffer: deque[Item] = deque()
+        self.pending: deque[Item] = deque()
+        self.ready: deque[bytes] = deque()
         self.buffer_size = buffer_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.timeout = timeout
         self.backoff_max = backoff_max
         self.log_max_candidates = log_max_candidates
         self.clock = clock
@@ -113,8 +134,11 @@ class EventLogger:
         self.logged = 0
         self.dropped = 0
         self.redis_errors = 0
+        self.encode_errors = 0
         self.connected = False
         self.last_error: str | None = None
+        self._stream_b = stream.encode()
+        self._maxlen_b = str(maxlen).encode()
         self._backoff = 0.0
         self._retry_at = 0.0
         self._wake = asyncio.Event()
@@ -122,16 +146,40 @@ class EventLogger:
         self._stopping = False
         self._rng = np.random.default_rng()
 
+    @property
+    def buffered(self) -> int:
+        return len(self.pending) + len(self.ready)
+
     # ------------------------------------------------------------------ request path
 
     def emit(self, item: Item) -> None:
         """Queue an event; never blocks. Drops (and counts) the oldest when the buffer is full."""
-        if len(self.buffer) >= self.buffer_size:
-            self.buffer.popleft()
+        if self.buffered >= self.buffer_size:
+            (self.ready or self.pending).popleft()
             self.dropped += 1
-        self.buffer.append(item)
-        if len(self.buffer) >= self.batch_size:
+        self.pending.append(item)
+        if self.buffered >= self.batch_size:
             self._wake.set()
+
+    async def encode_pending(self) -> None:
+        """Encode the queued events into ``ready``, oldest first (a route's background step)."""
+        pending, ready = self.pending, self.ready
+        while pending:
+            item = pending.popleft()
+            try:
+                ready.append(self._pack(item))
+            except Exception:  # an event that cannot be encoded is lost, never the server
+                self.encode_errors += 1
+                self.dropped += 1
+                log.exception("event log: cannot encode a %s event", type(item).__name__)
+
+    def _pack(self, item: Item) -> bytes:
+        event = (
+            item.to_event(self.log_max_candidates, self._rng)
+            if isinstance(item, PendingRank)
+            else item
+        )
+        return pack_xadd(self._stream_b, self._maxlen_b, encode(event))
 
     # ------------------------------------------------------------------ background
 
@@ -148,7 +196,7 @@ class EventLogger:
         self._stopping = True
         self._wake.set()
         deadline = self.clock() + drain_timeout
-        while self.buffer and self.clock() < deadline and self.clock() >= self._retry_at:
+        while self.buffered and self.clock() < deadline and self.clock() >= self._retry_at:
             if not await self.flush_once():
                 break
         if self._task:
@@ -165,29 +213,17 @@ class EventLogger:
             wait = self._retry_at - self.clock()
             if wait > 0:  # circuit open: do not touch Redis until the backoff has passed
                 await asyncio.sleep(wait)
-            while self.buffer and not self._stopping:
-                if not await self.flush_once():
-                    break
-
-    def _encode(self, item: Item) -> dict[bytes, bytes]:
-        event = (
-            item.to_event(self.log_max_candidates, self._rng)
-            if isinstance(item, PendingRank)
-            else item
-        )
-        return encode(event)
+            while not self._stopping and await self.flush_once() and self.ready:
+                pass  # a full batch went out and more is ready
 
     async def flush_once(self) -> bool:
         """Write up to one batch; True on success (or nothing to do)."""
-        batch = [self.buffer.popleft() for _ in range(min(self.batch_size, len(self.buffer)))]
+        await self.encode_pending()  # normally done already, after each response
+        batch = [self.ready.popleft() for _ in range(min(self.batch_size, len(self.ready)))]
         if not batch:
             return True
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for item in batch:
-                fields: dict[Any, Any] = self._encode(item)
-                pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
-            await pipe.execute()
+            await self._write(batch)
         except Exception as exc:  # any Redis/network failure: keep the events, open the breaker
             self._requeue(batch)
             self.redis_errors += 1
@@ -207,17 +243,37 @@ class EventLogger:
         self._retry_at = 0.0
         return True
 
-    def _requeue(self, batch: list[Item]) -> None:
-        room = self.buffer_size - len(self.buffer)
+    async def _write(self, commands: list[bytes]) -> None:
+        """Pipeline ``commands`` on one pooled connection; raise if any of them failed.
+
+        One timeout covers the write and every reply (a timeout per reply costs more than
+        reading the reply); on any failure the connection is dropped, so that it never goes
+        back to the pool with replies still unread. An error reply raises ``ResponseError``.
+        """
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await conn.send_packed_command(commands, check_health=False)
+                for _ in commands:
+                    await conn.read_response(timeout=math.inf)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+
+    def _requeue(self, batch: list[bytes]) -> None:
+        room = self.buffer_size - self.buffered
         keep = batch[-room:] if room > 0 else []
         self.dropped += len(batch) - len(keep)
-        self.buffer.extendleft(reversed(keep))
+        self.ready.extendleft(reversed(keep))
 
     def state(self) -> dict[str, object]:
         return {
             "enabled": True,
             "connected": self.connected,
-            "buffered": len(self.buffer),
+            "buffered": self.buffered,
             "logged": self.logged,
             "dropped": self.dropped,
             "redis_errors": self.redis_errors,

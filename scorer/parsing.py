@@ -1,15 +1,22 @@
 """Columnar fast path for ``/v1/rank`` bodies: JSON bytes -> float32 arrays, with the SPEC's 4xx.
 
-Each check names the offending field. Predictions go straight from JSON lists into one (K, N)
-float32 array in the served model's task order; no per-candidate objects are built.
+Two parsers, one behaviour. :func:`parse_rank` first decodes the body with msgspec into a typed
+struct: types, string lengths, unknown fields, booleans posing as numbers and numbers beyond
+float64 are all checked in C while decoding. Whatever that decoder refuses, and every check
+after it that fails, hands the body to :func:`parse_rank_checked`, the reference parser, which
+raises the SPEC error naming the first offending field. So the fast path decides only *that* a
+body is valid; *why* one is not always comes from the reference. Predictions go straight from
+JSON lists into one (K, N) float32 array in the served model's task order; no per-candidate
+objects are built.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -139,10 +146,62 @@ def _prediction_matrix(preds: dict[str, Any], task_names: tuple[str, ...], n: in
     return matrix
 
 
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class _RankBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The shape of a valid rank body (``shared.api.RankRequest``), for msgspec's decoder."""
+
+    session_id: _Id
+    user_id: _Id
+    user_state: list[float]
+    item_ids: list[_Id]
+    predictions: dict[str, list[float]]
+    top_n: int
+    request_id: _Id | None = None
+
+
+_decode_rank = msgspec.json.Decoder(_RankBody).decode
+
+
 def parse_rank(
     body: bytes, task_names: tuple[str, ...], state_dim: int, limits: Limits
 ) -> RankInput:
-    """Validate a rank body against the served model and the configured limits."""
+    """Validate a rank body against the served model and the configured limits.
+
+    Raises :class:`InputError` (from the reference parser) for anything invalid.
+    """
+    try:
+        req = _decode_rank(body)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return parse_rank_checked(body, task_names, state_dim, limits)
+    n = len(req.item_ids)
+    preds = req.predictions
+    if not (
+        0 < n <= limits.max_candidates
+        and 1 <= req.top_n <= limits.max_top_n
+        and len(req.user_state) == state_dim
+        and len(preds) == len(task_names)
+        and all(len(preds.get(t, ())) == n for t in task_names)
+        and len(set(req.item_ids)) == n
+    ):
+        return parse_rank_checked(body, task_names, state_dim, limits)
+    # msgspec let only numbers through, so the conversion cannot parse strings or take booleans
+    with np.errstate(over="ignore"):
+        state = np.array(req.user_state, np.float32)
+        matrix = np.array([preds[t] for t in task_names], np.float32)
+    if not (np.isfinite(matrix).all() and np.isfinite(state).all()):  # beyond float32 range
+        return parse_rank_checked(body, task_names, state_dim, limits)
+    request_id = uuid.uuid4().hex if req.request_id is None else req.request_id
+    return RankInput(
+        request_id, req.session_id, req.user_id, state[None, :], req.item_ids, matrix, req.top_n
+    )
+
+
+def parse_rank_checked(
+    body: bytes, task_names: tuple[str, ...], state_dim: int, limits: Limits
+) -> RankInput:
+    """The reference parser: every check in order, raising the SPEC error for the first failure."""
     data = load_json(body)
     if not isinstance(data, dict):
         raise InputError("body must be a JSON object", None)

@@ -19,7 +19,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from scorer.eventlog import EventLogger
+from scorer.eventlog import EventLogger, PendingRank
 from shared.events import (
     FEEDBACK,
     RANK,
@@ -28,6 +28,7 @@ from shared.events import (
     RankEvent,
     SessionEndEvent,
     decode,
+    encode,
 )
 from tests.conftest import RedisServer
 from tests.helpers import metric, wait_until
@@ -333,3 +334,22 @@ def test_stop_returns_even_if_a_write_swallows_the_cancellation() -> None:
     thread.join(timeout=5)
     assert not thread.is_alive(), "EventLogger.stop() did not return"
     assert result == {"task_done": True}
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 9, 10, 30])
+def test_rank_sample_keeps_input_order_and_its_predictions(m: int) -> None:
+    n, k = 10, 3
+    ids = [f"i{j}" for j in range(n)]
+    preds = np.arange(k * n, dtype=np.float32).reshape(k, n)
+    pending = PendingRank(
+        request_id="r", session_id="s", user_id="u", ts=1.0, model_version="v",
+        tasks=("a", "b", "c"), state=np.zeros((1, 4), np.float32),
+        action=np.zeros(k, np.float32), noise=np.zeros(k, np.float32), exploration_scale=0.1,
+        item_ids=ids, predictions=preds, returned_ids=ids[:2],
+    )  # fmt: skip
+    event = pending.to_event(m, np.random.default_rng(m))
+    picked = [int(i[1:]) for i in event.sampled_ids]
+    assert len(picked) == min(m, n) and picked == sorted(set(picked))
+    assert event.sample_rate == len(picked) / n and event.n_candidates == n
+    np.testing.assert_array_equal(event.predictions, preds[:, picked])
+    assert isinstance(decode(encode(event)), RankEvent)

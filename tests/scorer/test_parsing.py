@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
+from scorer import parsing
 from scorer.errors import InputError
-from scorer.parsing import Limits, parse_rank
+from scorer.parsing import Limits, parse_rank, parse_rank_checked
 
 TASKS = ("click", "like", "skip")
 STATE_DIM = 5
@@ -311,3 +313,93 @@ def test_true_false_inside_strings_do_not_reject_numbers() -> None:
     req = parse(body(2, item_ids=["true", "false"], session_id="true"))
     assert req.item_ids == ["true", "false"]
     assert req.predictions.shape == (3, 2)
+
+
+# ----------------------------------------------------------------------------- fast == reference
+
+# Values that probe every check: wrong types, booleans posing as 0/1, float32 and float64
+# overflow, empty and over-long strings, nesting, huge integers.
+_PROBES: tuple[Any, ...] = (
+    None, True, False, 0, 1, -1, 0.0, 1.0, 0.5, 1e39, -1e39, 3.4e38, 2**63, 2**64 + 1, "",
+    "x", "0.5", "i" * 256, "i" * 257, [], [0.5], [[0.5]], {}, {"a": 1}, [True], [None], ["a"],
+)  # fmt: skip
+_FIELDS = ("request_id", "session_id", "user_id", "user_state", "item_ids", "predictions", "top_n")
+
+
+def _outcome(parser: Any, raw: bytes) -> Any:
+    try:
+        got = parser(raw, TASKS, STATE_DIM, LIMITS)
+    except InputError as err:
+        return ("error", err.status, err.code, err.field, err.message)
+    return (
+        "ok",
+        got.request_id if got.request_id == "r-1" else "generated",
+        got.session_id,
+        got.user_id,
+        got.state.tobytes(),
+        got.item_ids,
+        got.predictions.tobytes(),
+        got.top_n,
+    )
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()  # orjson refuses ints > 64 bits
+
+
+def _mutations() -> list[tuple[str, bytes]]:
+    cases: list[tuple[str, bytes]] = []
+    base = body(4)
+    for field in _FIELDS:
+        cases.append((f"drop {field}", _dumps({k: v for k, v in base.items() if k != field})))
+        for value in _PROBES:
+            cases.append((f"{field}={value!r}"[:60], _dumps({**base, field: value})))
+    for value in _PROBES:
+        for where in ("user_state", "item_ids"):
+            seq = list(base[where])
+            seq[1] = value
+            cases.append((f"{where}[1]={value!r}"[:60], _dumps({**base, where: seq})))
+        for task in (*TASKS, "extra"):
+            preds = {t: list(col) for t, col in base["predictions"].items()}
+            if task in preds:
+                preds[task][2] = value
+            else:
+                preds[task] = value
+            cases.append((f"{task}[2]={value!r}"[:60], _dumps({**base, "predictions": preds})))
+    dup = _dumps(base)[:-1] + b',"top_n":3}'  # a duplicate key: the last one wins in both
+    cases += [
+        ("duplicate key", dup),
+        ("unknown field", _dumps({**base, "extra": 1})),
+        ("duplicate id", _dumps({**base, "item_ids": ["i0", "i1", "i0", "i3"]})),
+        ("top_n too big", _dumps({**base, "top_n": LIMITS.max_top_n + 1})),
+        ("too many", _dumps(body(LIMITS.max_candidates + 1))),
+        ("no candidates", _dumps(body(0))),
+        ("nan", _dumps(base).replace(b"0.1,", b"NaN,", 1)),
+        ("1e309", _dumps(base).replace(b"0.1,", b"1e309,", 1)),
+        ("not json", b"{"),
+        ("array", b"[]"),
+        ("deep", b"[" * 10_000 + b"]" * 10_000),
+        ("valid", _dumps(base)),
+        (
+            "valid, no request_id",
+            _dumps({k: v for k, v in base.items() if k != "request_id"}),
+        ),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"), _mutations(), ids=lambda x: x if isinstance(x, str) else ""
+)
+def test_fast_parser_agrees_with_the_reference(name: str, raw: bytes) -> None:
+    """Same result, or the same error, for valid bodies and for every probe of every field."""
+    assert _outcome(parse_rank, raw) == _outcome(parse_rank_checked, raw)
+
+
+def test_valid_bodies_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def reference(*_: Any) -> Any:
+        raise AssertionError("a valid body reached the reference parser")
+
+    monkeypatch.setattr(parsing, "parse_rank_checked", reference)
+    for data in (body(1), body(50, top_n=100), body(3, request_id=None), body(2, top_n=1)):
+        assert parse(data).item_ids == data["item_ids"]
