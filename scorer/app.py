@@ -33,7 +33,7 @@ from scorer.logs import configure_logging, request_id_var
 from scorer.metrics import Metrics
 from scorer.model import LoadedModel, ModelStore
 from scorer.parsing import Limits, load_json, parse_rank
-from scorer.ranking import explore, fused_scores, top_n
+from scorer.ranking import exploration_noise
 from scorer.settings import ScorerSettings
 from shared.api import FeedbackRequest, RankRequest, RankResponse
 from shared.events import FeedbackEvent, FeedbackItemEvent, SessionEndEvent
@@ -234,14 +234,12 @@ def create_app(settings: ScorerSettings) -> FastAPI:
         body = await scorer.read_body(request)
         req = parse_rank(body, model.task_names, model.state_dim, scorer.limits)
         request_id_var.set(req.request_id)
-        q_inner, mu = model.infer(req.state, req.predictions)
         m = model.manifest
-        action, noise = explore(
-            mu, settings.exploration_scale, m.action_low, m.action_high, scorer.rng
+        noise = exploration_noise(
+            len(m.tasks), settings.exploration_scale, m.action_low, m.action_high, scorer.rng
         )
-        scores = fused_scores(q_inner, action)
-        order = top_n(scores, req.top_n)
-        returned = [req.item_ids[i] for i in order]
+        ranked = model.rank(req.state, req.predictions, noise, req.top_n)
+        returned = [req.item_ids[i] for i in ranked.indices.tolist()]
         scorer.metrics.candidates.observe(len(req.item_ids))
         if scorer.events:
             scorer.events.emit(
@@ -253,8 +251,8 @@ def create_app(settings: ScorerSettings) -> FastAPI:
                     model_version=model.version,
                     tasks=model.task_names,
                     state=req.state,
-                    action=action,
-                    noise=noise,
+                    action=ranked.action,
+                    noise=ranked.noise,
                     exploration_scale=settings.exploration_scale,
                     item_ids=req.item_ids,
                     predictions=req.predictions,
@@ -266,10 +264,10 @@ def create_app(settings: ScorerSettings) -> FastAPI:
                 "request_id": req.request_id,
                 "model_version": model.version,
                 "items": [
-                    {"item_id": item, "score": float(s)}
-                    for item, s in zip(returned, scores[order].tolist(), strict=True)
+                    {"item_id": item, "score": s}
+                    for item, s in zip(returned, ranked.scores.tolist(), strict=True)
                 ],
-                "action": action.tolist(),
+                "action": ranked.action.tolist(),
                 "explored": bool(settings.exploration_scale > 0),
             },
             background=encode_events,

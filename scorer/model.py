@@ -3,6 +3,8 @@
 A version is fully verified (manifest schema, sha256 of every file, graph input/output names
 and shapes against the manifest) and warmed up before it replaces the served one; the swap is a
 single reference assignment, so a request sees either the old or the new model, never a mix.
+Requests are served by one combined graph (:mod:`scorer.serving_graph`), checked at load time
+against the version's own two graphs plus the numpy outer stage and top-N.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from scorer.ranking import fused_scores
+from scorer.serving_graph import ServingGraphError, build_serving_graph
 from shared.manifest import Manifest, ManifestError, read_current, read_manifest, verify_files
 
 log = logging.getLogger(__name__)
@@ -26,13 +30,28 @@ class ModelRefused(Exception):
 
 
 @dataclass(frozen=True)
+class Ranked:
+    """What the serving graph returns for one request."""
+
+    action: np.ndarray  # (K,) applied action (actor + noise, clipped)
+    noise: np.ndarray  # (K,) noise actually applied
+    scores: np.ndarray  # (n,) fused scores of the top n, best first
+    indices: np.ndarray  # (n,) int64 candidate indices of the top n
+
+
+@dataclass(frozen=True)
 class LoadedModel:
-    """One served model version: both ONNX sessions plus what the request path needs."""
+    """One served model version: its ONNX sessions plus what the request path needs.
+
+    ``serving`` answers requests (:meth:`rank`); ``mfc`` and ``actor`` are the version's own
+    graphs, the reference the serving graph was checked against (:meth:`infer`).
+    """
 
     version: str
     manifest: Manifest
     mfc: ort.InferenceSession
     actor: ort.InferenceSession
+    serving: ort.InferenceSession
     loaded_at: str
     task_names: tuple[str, ...] = field(init=False)
     state_dim: int = field(init=False)
@@ -47,8 +66,15 @@ class LoadedModel:
         (action,) = self.actor.run(None, {"state": state})
         return q_inner, action[0]
 
+    def rank(self, state: np.ndarray, predictions: np.ndarray, noise: np.ndarray, n: int) -> Ranked:
+        """The top ``n`` (at most N) candidates for state (1, D), predictions (K, N) and
+        exploration noise (K,), all float32, in one ONNX Runtime call."""
+        k = np.array([min(n, predictions.shape[1])], np.int64)
+        feed = {"state": state, "predictions": predictions, "noise": noise, "k": k}
+        return Ranked(*self.serving.run(None, feed))
 
-def _session(path: Path) -> ort.InferenceSession:
+
+def _session(path: Path | bytes) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     # One intra-op thread per session: the request's batch is small, and several spinning
     # threads per worker on a few cores cost more in tail latency than they win.
@@ -57,7 +83,8 @@ def _session(path: Path) -> ort.InferenceSession:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    source = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def _check_io(sess: ort.InferenceSession, inputs: list[str], outputs: list[str], what: str) -> None:
@@ -81,6 +108,7 @@ def load_version(version_dir: Path) -> LoadedModel:
         raise ModelRefused(
             f"manifest version {manifest.version!r} != directory {version_dir.name!r}"
         )
+    k, d = len(manifest.tasks), manifest.state_dim
     try:
         mfc = _session(version_dir / manifest.mfc.file)
         actor = _session(version_dir / manifest.actor.file)
@@ -88,26 +116,77 @@ def load_version(version_dir: Path) -> LoadedModel:
         raise ModelRefused(f"ONNX Runtime cannot load the graphs: {exc}") from exc
     _check_io(mfc, manifest.mfc.inputs, manifest.mfc.outputs, "mfc")
     _check_io(actor, manifest.actor.inputs, manifest.actor.outputs, "actor")
+    try:
+        serving = _session(
+            build_serving_graph(
+                (version_dir / manifest.mfc.file).read_bytes(),
+                (version_dir / manifest.actor.file).read_bytes(),
+                k,
+                d,
+                manifest.action_low,
+                manifest.action_high,
+            )
+        )
+    except ServingGraphError as exc:
+        raise ModelRefused(f"cannot build the serving graph: {exc}") from exc
+    except Exception as exc:
+        raise ModelRefused(f"ONNX Runtime cannot load the serving graph: {exc}") from exc
     model = LoadedModel(
         version=manifest.version,
         manifest=manifest,
         mfc=mfc,
         actor=actor,
+        serving=serving,
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    k, d = len(model.task_names), model.state_dim
-    try:  # warm-up runs (the first run of a session is slow) that also prove the shapes
-        for n in (8, 1):
-            q, a = model.infer(np.zeros((1, d), np.float32), np.full((k, n), 0.5, np.float32))
-            if q.shape != (k, n) or a.shape != (k,):
-                raise ModelRefused(
-                    f"graphs return shapes {q.shape} / {a.shape}, expected {(k, n)} / {(k,)}"
-                )
+    try:  # warm-up runs (the first run of a session is slow) that also prove the graphs
+        _check_serving(model, k, d)
     except ModelRefused:
         raise
     except Exception as exc:
         raise ModelRefused(f"warm-up inference failed: {exc}") from exc
     return model
+
+
+def _check_serving(model: LoadedModel, k: int, d: int, tolerance: float = 1e-5) -> None:
+    """The serving graph must rank as the version's two graphs + the numpy outer stage do.
+
+    Compared up to float rounding: the scores it returns are the reference scores of the
+    candidates it returns, in order, and no candidate left out scores better than the last
+    one returned; equal scores come in index order.
+    """
+    rng = np.random.default_rng(0)
+    low, high = model.manifest.action_low, model.manifest.action_high
+    for n, top in ((8, 8), (1, 5), (64, 10)):
+        state = rng.normal(size=(1, d)).astype(np.float32)
+        preds = rng.random((k, n), dtype=np.float32)
+        preds[:, n // 2 :] = preds[:, : n - n // 2]  # repeated candidates make ties
+        noise = rng.normal(0.0, 0.5 * (high - low), k).astype(np.float32)
+        q, mu = model.infer(state, preds)
+        if q.shape != (k, n) or mu.shape != (k,):
+            raise ModelRefused(
+                f"graphs return shapes {q.shape} / {mu.shape}, expected {(k, n)} / {(k,)}"
+            )
+        action = np.clip(mu + noise, low, high)
+        reference = fused_scores(q, action)
+        got = model.rank(state, preds, noise, top)
+        idx, scores = got.indices, got.scores
+        cutoff = np.sort(reference)[::-1][len(idx) - 1] if len(idx) else np.inf
+        ties = scores[1:] == scores[:-1]
+        problems = {
+            "count": len(idx) != min(top, n) or len(set(idx.tolist())) != len(idx),
+            "scores": not np.allclose(scores, reference[idx], rtol=0, atol=tolerance),
+            "order": bool((np.diff(scores) > 0).any()),
+            "top": bool(len(idx) and scores[-1] < cutoff - tolerance),
+            "ties": bool((idx[1:][ties] < idx[:-1][ties]).any()),
+            "action": not np.allclose(got.action, action, rtol=0, atol=tolerance),
+            "noise": not np.allclose(got.noise, action - mu, rtol=0, atol=tolerance),
+        }
+        if any(problems.values()):
+            failed = ", ".join(name for name, bad in problems.items() if bad)
+            raise ModelRefused(
+                f"the serving graph disagrees with the version's graphs at n={n} ({failed})"
+            )
 
 
 def compatible(old: Manifest, new: Manifest) -> str | None:

@@ -1,4 +1,5 @@
-"""Outer stage, exploration and top-N selection in numpy (the scorer's per-request maths)."""
+"""The scorer's per-request maths in numpy: exploration noise, and the reference outer stage and
+top-N selection that the serving graph (:mod:`scorer.serving_graph`) is checked against."""
 
 from __future__ import annotations
 
@@ -10,18 +11,16 @@ def fused_scores(q_inner: np.ndarray, action: np.ndarray) -> np.ndarray:
     return (q_inner * (1.0 + action[:, None] * q_inner)).sum(axis=0)
 
 
-def explore(
-    action: np.ndarray, scale: float, low: float, high: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian exploration, std = ``scale * (high - low)``, clipped to the bounds.
+def exploration_noise(
+    n_tasks: int, scale: float, low: float, high: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Gaussian exploration noise (K,) float32, std = ``scale * (high - low)``; zeros at scale 0.
 
-    Returns the applied action and the noise actually applied (after clipping).
+    The serving graph adds it to the actor's action and clips the sum to the bounds.
     """
     if scale <= 0:
-        return action, np.zeros_like(action)
-    noisy = np.clip(action + rng.normal(0.0, scale * (high - low), action.shape), low, high)
-    applied = noisy.astype(np.float32)
-    return applied, applied - action
+        return np.zeros(n_tasks, np.float32)
+    return rng.normal(0.0, scale * (high - low), n_tasks).astype(np.float32)
 
 
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
