@@ -22,12 +22,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgpack
 import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from shared.events import Event, RankEvent, encode
+from shared.events import EVENT_FIELDS, Event, RankEvent, encode
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,19 @@ class PendingRank:
 Item = Event | PendingRank
 
 
-def pack_xadd(stream: bytes, maxlen: bytes, fields: dict[bytes, bytes]) -> bytes:
-    """``XADD stream MAXLEN ~ maxlen * field value ...`` as one RESP command."""
-    parts = [b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*"]
+def xadd_prefix(stream: bytes, maxlen: bytes, n_fields: int) -> bytes:
+    """The RESP head of ``XADD stream MAXLEN ~ maxlen * <n_fields field-value pairs>``."""
+    parts = (b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*")
+    head = b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    return b"*%d\r\n" % (len(parts) + 2 * n_fields) + head
+
+
+def pack_xadd(prefix: bytes, fields: dict[bytes, bytes]) -> bytes:
+    """One RESP ``XADD`` command: ``prefix`` (:func:`xadd_prefix`) and the field-value pairs."""
+    out = [prefix]
     for key, value in fields.items():
-        parts += (key, value)
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+        out += (b"$%d\r\n" % len(key), key, b"\r\n$%d\r\n" % len(value), value, b"\r\n")
+    return b"".join(out)
 
 
 class EventLogger:
@@ -137,8 +145,8 @@ class EventLogger:
         self.encode_errors = 0
         self.connected = False
         self.last_error: str | None = None
-        self._stream_b = stream.encode()
-        self._maxlen_b = str(maxlen).encode()
+        self._xadd = xadd_prefix(stream.encode(), str(maxlen).encode(), EVENT_FIELDS)
+        self._packer = msgpack.Packer(use_bin_type=True)
         self._backoff = 0.0
         self._retry_at = 0.0
         self._wake = asyncio.Event()
@@ -179,7 +187,7 @@ class EventLogger:
             if isinstance(item, PendingRank)
             else item
         )
-        return pack_xadd(self._stream_b, self._maxlen_b, encode(event))
+        return pack_xadd(self._xadd, encode(event, self._packer))
 
     # ------------------------------------------------------------------ background
 

@@ -20,6 +20,7 @@ from shared.api import MAX_ID_LENGTH
 
 EVENT_SCHEMA_VERSION = b"1"
 DEFAULT_STREAM = "xmtf:events"
+EVENT_FIELDS = 3  # every stream entry has the fields type, v and data
 
 RANK = "rank"
 FEEDBACK = "feedback"
@@ -96,8 +97,12 @@ def _f32_bytes(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype=_F32).tobytes()
 
 
-def encode(event: Event) -> dict[bytes, bytes]:
-    """Stream entry fields for ``event``."""
+def encode(event: Event, packer: msgpack.Packer | None = None) -> dict[bytes, bytes]:
+    """Stream entry fields for ``event``.
+
+    A long-lived writer passes its own ``packer`` (``msgpack.Packer(use_bin_type=True)``, not
+    shared between threads): ``msgpack.packb`` allocates a fresh 256 KiB buffer on every call.
+    """
     common = {
         "request_id": event.request_id,
         "session_id": event.session_id,
@@ -109,17 +114,17 @@ def encode(event: Event) -> dict[bytes, bytes]:
         data: dict[str, Any] = {
             **common,
             "model_version": event.model_version,
-            "tasks": list(event.tasks),
+            "tasks": event.tasks,  # tuples pack as msgpack arrays
             "state": _f32_bytes(event.state),
             "action": _f32_bytes(event.action),
             "noise": _f32_bytes(event.noise),
             "exploration_scale": float(event.exploration_scale),
             "n_candidates": int(event.n_candidates),
             "sample_rate": float(event.sample_rate),
-            "sampled_ids": list(event.sampled_ids),
+            "sampled_ids": event.sampled_ids,
             "predictions": _f32_bytes(event.predictions),
             "predictions_shape": [int(k), int(m)],
-            "returned_ids": list(event.returned_ids),
+            "returned_ids": event.returned_ids,
         }
     elif isinstance(event, FeedbackEvent):
         data = {
@@ -139,7 +144,7 @@ def encode(event: Event) -> dict[bytes, bytes]:
     return {
         b"type": event.type.encode(),
         b"v": EVENT_SCHEMA_VERSION,
-        b"data": msgpack.packb(data, use_bin_type=True),
+        b"data": packer.pack(data) if packer else msgpack.packb(data, use_bin_type=True),
     }
 
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from scorer.eventlog import EventLogger, PendingRank
+from scorer.eventlog import EventLogger, PendingRank, pack_xadd, xadd_prefix
 from shared.events import (
     FEEDBACK,
     RANK,
@@ -353,3 +353,13 @@ def test_rank_sample_keeps_input_order_and_its_predictions(m: int) -> None:
     assert event.sample_rate == len(picked) / n and event.n_candidates == n
     np.testing.assert_array_equal(event.predictions, preds[:, picked])
     assert isinstance(decode(encode(event)), RankEvent)
+
+
+def test_packed_xadd_is_the_command_redis_py_would_send() -> None:
+    fields = {b"type": b"rank", b"v": b"1", b"data": b"\x00\r\n\xffbinary"}
+    expected = b"".join(
+        redis.connection.Connection().pack_command(
+            "XADD", STREAM, "MAXLEN", "~", 1000, "*", *(x for kv in fields.items() for x in kv)
+        )
+    )
+    assert pack_xadd(xadd_prefix(STREAM.encode(), b"1000", 3), fields) == expected
