@@ -312,13 +312,15 @@ def render(res: dict[str, Any]) -> str:
         "",
         "Floors: ORT = the faster of the scorer's one serving-graph call (MFCs, actor, outer "
         "stage, top-N) and the version's MFC + actor graphs called in turn, in process; parse = "
-        "`orjson.loads` + float32 arrays (no validation); echo = HTTP `POST /bench/echo` on the "
-        "same server with the same body. "
+        "the faster of `orjson.loads` + float32 arrays and a simdjson document + float64 buffers "
+        "(no validation either); echo = HTTP `POST /bench/echo` on the same server with the "
+        "same body. "
         "`parse_rank` is the scorer's validating parser (reference, not a floor). "
         "Ratio = `/v1/rank` p50 / (echo p50 + parse p50 + ORT p50); target ≤ 1.3.",
         "",
         "| N | body KB | rank p50 | rank p99 | rank p99.9 | p99/p50 | echo p50 | echo p99 "
-        "| parse p50 | ORT p50 (serving / pair) | parse_rank p50 | floors sum | ratio | errors |",
+        "| parse p50 (orjson / simdjson) | ORT p50 (serving / pair) | parse_rank p50 "
+        "| floors sum | ratio | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["c1"]:
@@ -326,7 +328,9 @@ def render(res: dict[str, Any]) -> str:
         lines.append(
             f"| {row['n']} | {row['body_kb']:.0f} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} "
             f"| {fmt(r['p999_ms'])} | {r['p99_ms'] / r['p50_ms']:.2f} | {fmt(e['p50_ms'])} "
-            f"| {fmt(e['p99_ms'])} | {fmt(f['parse_p50_ms'])} | {fmt(f['ort_p50_ms'])} "
+            f"| {fmt(e['p99_ms'])} | {fmt(f['parse_p50_ms'])} "
+            f"({fmt(f['parse_orjson_p50_ms'])} / {fmt(f['parse_simdjson_p50_ms'])}) "
+            f"| {fmt(f['ort_p50_ms'])} "
             f"({fmt(f['ort_serving_p50_ms'])} / {fmt(f['ort_pair_p50_ms'])}) "
             f"| {fmt(f['parse_rank_p50_ms'])} | {fmt(row['floors_sum_ms'])} "
             f"| **{row['ratio']:.2f}** | {r['errors'] + e['errors']} |"

@@ -403,3 +403,41 @@ def test_valid_bodies_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(parsing, "parse_rank_checked", reference)
     for data in (body(1), body(50, top_n=100), body(3, request_id=None), body(2, top_n=1)):
         assert parse(data).item_ids == data["item_ids"]
+
+
+def test_nested_arrays_are_refused_though_simdjson_would_flatten_them() -> None:
+    data = body(3)
+    data["predictions"]["like"][1] = [0.5]  # flattened by as_buffer: same element count
+    assert rejected(data).field == "predictions.like"
+
+
+def test_a_bracket_inside_an_id_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+    reference = parsing.parse_rank_checked
+
+    def counting(raw: bytes, *args: Any) -> Any:
+        calls.append(raw)
+        return reference(raw, *args)
+
+    monkeypatch.setattr(parsing, "parse_rank_checked", counting)
+    assert parse(body(2, item_ids=["a[1]", "b"])).item_ids == ["a[1]", "b"]
+    assert len(calls) == 1  # unusual, so decided by the reference parser
+
+
+def test_big_bodies_go_to_the_reference_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = orjson.dumps(body(4))
+    monkeypatch.setattr(parsing, "FAST_PATH_MAX_BYTES", len(raw) - 1)
+    monkeypatch.setattr(parsing, "_parse_fast", None)  # would fail if it were called
+    assert parse(raw).item_ids == body(4)["item_ids"]
+
+
+def test_the_fast_path_recovers_after_invalid_bodies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for raw in (b"{", b"[1e309]", orjson.dumps(body(2, top_n=True)), b'{"a":[[[]]]}'):
+        with pytest.raises(InputError):
+            parse(raw)
+
+    def reference(*_: Any) -> Any:
+        raise AssertionError("a valid body reached the reference parser")
+
+    monkeypatch.setattr(parsing, "parse_rank_checked", reference)
+    assert parse(body(3)).predictions.shape == (3, 3)
