@@ -133,7 +133,9 @@ class EventLogger:
         self.clock = clock
         self.redis = Redis.from_url(
             redis_url,
-            socket_timeout=timeout,
+            # no per-call socket timeout: redis-py would wrap every write in a task; _write puts
+            # one deadline around the whole batch instead
+            socket_timeout=None,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
@@ -216,7 +218,10 @@ class EventLogger:
     async def _run(self) -> None:
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                async with asyncio.timeout(
+                    self.flush_interval
+                ):  # no task per wait, unlike wait_for
+                    await self._wake.wait()
             self._wake.clear()
             wait = self._retry_at - self.clock()
             if wait > 0:  # circuit open: do not touch Redis until the backoff has passed
@@ -259,17 +264,17 @@ class EventLogger:
         back to the pool with replies still unread. An error reply raises ``ResponseError``.
         """
         pool = self.redis.connection_pool
-        conn = await pool.get_connection()
-        try:
-            async with asyncio.timeout(self.timeout):
+        async with asyncio.timeout(self.timeout):
+            conn = await pool.get_connection()  # may connect (and say hello): inside the deadline
+            try:
                 await conn.send_packed_command(commands, check_health=False)
                 for _ in commands:
                     await conn.read_response(timeout=math.inf)
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(conn)
+            except BaseException:
+                await conn.disconnect(nowait=True)
+                raise
+            finally:
+                await pool.release(conn)
 
     def _requeue(self, batch: list[bytes]) -> None:
         room = self.buffer_size - self.buffered

@@ -17,7 +17,7 @@ class Histogram:
         self.series: dict[tuple[tuple[str, str], ...], list[float]] = {}
 
     def observe(self, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
+        key = tuple(sorted(labels.items())) if labels else ()
         counts = self.series.get(key)
         if counts is None:
             counts = self.series[key] = [0.0] * (len(self.buckets) + 2)  # buckets, +Inf, sum
