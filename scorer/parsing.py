@@ -166,7 +166,10 @@ def parse_rank(
     if len(body) <= FAST_PATH_MAX_BYTES:
         try:
             fast = _parse_fast(body, task_names, state_dim, limits)
-        except (ValueError, TypeError, KeyError, RuntimeError):  # simdjson's parse errors
+        except (ValueError, TypeError, KeyError):  # simdjson's parse errors
+            fast = None
+        except RuntimeError:  # a document outlived its call: never seen, but start afresh
+            _local.parser = simdjson.Parser(max_capacity=FAST_PATH_MAX_BYTES)
             fast = None
     return fast if fast is not None else parse_rank_checked(body, task_names, state_dim, limits)
 

@@ -441,3 +441,15 @@ def test_the_fast_path_recovers_after_invalid_bodies(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(parsing, "parse_rank_checked", reference)
     assert parse(body(3)).predictions.shape == (3, 3)
+
+
+def test_a_document_left_alive_costs_the_fast_path_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    leaked = parsing._parser().parse(orjson.dumps(body(2)))  # blocks that parser's next parse
+    assert parse(body(3)).item_ids == ["i0", "i1", "i2"]  # decided by the reference parser
+
+    def reference(*_: Any) -> Any:
+        raise AssertionError("a valid body reached the reference parser")
+
+    monkeypatch.setattr(parsing, "parse_rank_checked", reference)
+    assert parse(body(3)).item_ids == ["i0", "i1", "i2"]  # a fresh parser: fast path again
+    del leaked
