@@ -48,6 +48,7 @@ NS = (100, 500, 2000)
 KS = (2, 6, 12, 24)
 MAIN_K, MAIN_N = 6, 500
 CONCURRENCY = (8, 32)
+IDLE_S = 200e-6  # pause before each in-process floor call in the "after idling" variant
 WORKERS = (1, 2)
 
 
@@ -316,12 +317,15 @@ def render(res: dict[str, Any]) -> str:
         "(no validation either); echo = HTTP `POST /bench/echo` on the same server with the "
         "same body. "
         "`parse_rank` is the scorer's validating parser (reference, not a floor). "
-        "Ratio = `/v1/rank` p50 / (echo p50 + parse p50 + ORT p50); target ≤ 1.3.",
+        "Ratio = `/v1/rank` p50 / (echo p50 + parse p50 + ORT p50); target ≤ 1.3. The in-process "
+        "floors are timed back to back; `idle floors` times them again after a "
+        f"{IDLE_S * 1e6:.0f} µs pause before each call, as the scorer at c = 1 meets every "
+        "request after waiting on the network (context for the ratio, not the target).",
         "",
         "| N | body KB | rank p50 | rank p99 | rank p99.9 | p99/p50 | echo p50 | echo p99 "
         "| parse p50 (orjson / simdjson) | ORT p50 (serving / pair) | parse_rank p50 "
-        "| floors sum | ratio | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| floors sum | ratio | idle floors (parse / ORT) | ratio vs idle floors | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["c1"]:
         r, e, f = row["rank"], row["echo"], row["floors"]
@@ -333,7 +337,9 @@ def render(res: dict[str, Any]) -> str:
             f"| {fmt(f['ort_p50_ms'])} "
             f"({fmt(f['ort_serving_p50_ms'])} / {fmt(f['ort_pair_p50_ms'])}) "
             f"| {fmt(f['parse_rank_p50_ms'])} | {fmt(row['floors_sum_ms'])} "
-            f"| **{row['ratio']:.2f}** | {r['errors'] + e['errors']} |"
+            f"| **{row['ratio']:.2f}** | {fmt(f['parse_idle_p50_ms'])} / "
+            f"{fmt(f['ort_idle_p50_ms'])} | {row['ratio_idle']:.2f} "
+            f"| {r['errors'] + e['errors']} |"
         )
     lines += [
         "",
@@ -373,15 +379,15 @@ def render(res: dict[str, Any]) -> str:
         "## Latency against K (N = 500, c = 1, one worker)",
         "",
         "| K | body KB | rank p50 | rank p99 | rank p99.9 | echo p50 | parse p50 | ORT p50 "
-        "| ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ratio | ratio vs idle floors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["by_k"]:
         r, e, f = row["rank"], row["echo"], row["floors"]
         lines.append(
             f"| {row['k']} | {row['body_kb']:.0f} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} "
             f"| {fmt(r['p999_ms'])} | {fmt(e['p50_ms'])} | {fmt(f['parse_p50_ms'])} "
-            f"| {fmt(f['ort_p50_ms'])} | {row['ratio']:.2f} |"
+            f"| {fmt(f['ort_p50_ms'])} | {row['ratio']:.2f} | {row['ratio_idle']:.2f} |"
         )
     lines += ["", "![latency vs K](latency_vs_k.png)", "", "## Scorer process", ""]
     for m in res["memory"]:
@@ -431,10 +437,30 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
 
 def floors_for(model_dir: Path, bodies: list[bytes], reps: int) -> dict[str, float]:
+    """Floors back to back (``<name>_p50_ms``, ``<name>_p99_ms``) and after ``IDLE_S`` of idling
+    before each call (``<name>_idle_p50_ms``)."""
     model = load_model(model_dir)
-    f = measure(model, bodies, reps)
-    return {f"{name}_p50_ms": float(np.percentile(v, 50) / 1e6) for name, v in f.items()} | {
-        f"{name}_p99_ms": float(np.percentile(v, 99) / 1e6) for name, v in f.items()
+    hot = measure(model, bodies, reps)
+    idle = measure(model, bodies, max(reps // 3, 200), idle_s=IDLE_S)
+    return (
+        {f"{name}_p50_ms": float(np.percentile(v, 50) / 1e6) for name, v in hot.items()}
+        | {f"{name}_p99_ms": float(np.percentile(v, 99) / 1e6) for name, v in hot.items()}
+        | {f"{name}_idle_p50_ms": float(np.percentile(v, 50) / 1e6) for name, v in idle.items()}
+    )
+
+
+def c1_row(got: dict[str, Any], floors: dict[str, float]) -> dict[str, Any]:
+    """Ratios of the rank p50 to the floors' sum: strict (back to back) and after idling."""
+    echo = got["echo"]["p50_ms"]
+    fsum = echo + floors["parse_p50_ms"] + floors["ort_p50_ms"]
+    idle_sum = echo + floors["parse_idle_p50_ms"] + floors["ort_idle_p50_ms"]
+    return {
+        **got,
+        "floors": floors,
+        "floors_sum_ms": fsum,
+        "ratio": got["rank"]["p50_ms"] / fsum,
+        "floors_idle_sum_ms": idle_sum,
+        "ratio_idle": got["rank"]["p50_ms"] / idle_sum,
     }
 
 
@@ -484,16 +510,8 @@ def main(argv: list[str] | None = None) -> int:
                     c = count if n < 2000 else count // 2
                     log(f"c=1 N={n}: {c} echo + {c} rank requests")
                     got = c1_pair(s, rank, echo, c)
-                    fsum = got["echo"]["p50_ms"] + floors["parse_p50_ms"] + floors["ort_p50_ms"]
                     res["c1"].append(
-                        {
-                            "n": n,
-                            "body_kb": len(bodies[n][0]) / 1024,
-                            **got,
-                            "floors": floors,
-                            "floors_sum_ms": fsum,
-                            "ratio": got["rank"]["p50_ms"] / fsum,
-                        }
+                        {"n": n, "body_kb": len(bodies[n][0]) / 1024, **c1_row(got, floors)}
                     )
                 res["memory"].append(_memory(s))
                 for n in NS:
@@ -515,17 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                     echo = [encode_request(HOST, s.port, "/bench/echo", b) for b in kb]
                     log(f"K={k}: c=1 N={MAIN_N}")
                     got = c1_pair(s, rank, echo, count // 2)
-                fsum = got["echo"]["p50_ms"] + floors["parse_p50_ms"] + floors["ort_p50_ms"]
-                res["by_k"].append(
-                    {
-                        "k": k,
-                        "body_kb": len(kb[0]) / 1024,
-                        **got,
-                        "floors": floors,
-                        "floors_sum_ms": fsum,
-                        "ratio": got["rank"]["p50_ms"] / fsum,
-                    }
-                )
+                res["by_k"].append({"k": k, "body_kb": len(kb[0]) / 1024, **c1_row(got, floors)})
             xlen = redis_cmd(redis_port, "XLEN", "xmtf:events").decode().strip()
             res["event_log"] = {"xlen": xlen.lstrip(":"), "state": ev_state}
     res["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -584,7 +592,9 @@ def _targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "what": "rank p50 ≤ 1.3 × (echo + parse + ORT)",
             "met": main["ratio"] <= 1.3,
-            "value": f"{r['p50_ms']:.3f} ms = {main['ratio']:.2f} × {main['floors_sum_ms']:.3f} ms",
+            "value": f"{r['p50_ms']:.3f} ms = {main['ratio']:.2f} × {main['floors_sum_ms']:.3f} ms "
+            f"(against the floors timed after idling: {main['ratio_idle']:.2f} × "
+            f"{main['floors_idle_sum_ms']:.3f} ms)",
         },
         {
             "what": "rank p99 ≤ 3 × p50",

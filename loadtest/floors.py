@@ -10,6 +10,9 @@
   (``orjson.loads`` + numpy, the floor the benchmark started with) and ``parse_simdjson``
   (simdjson document + float64 buffers, the way the scorer's fast path reads numbers).
 - ``parse_rank``: the scorer's validating parser (all SPEC §5 checks), for reference.
+
+Each is timed back to back (the strict floor) and, for context, after an idle pause before each
+call (``idle_s``), the way a scorer at concurrency 1 meets every request.
 """
 
 from __future__ import annotations
@@ -35,16 +38,25 @@ def load_model(model_dir: Path) -> LoadedModel:
     return load_version(model_dir / name)
 
 
-def time_call(fn: Callable[[int], Any], reps: int, warmup: int = 200) -> np.ndarray:
-    """Per-call wall times (ns) of ``fn(i)`` for i in range(reps), after ``warmup`` calls."""
+def time_call(
+    fn: Callable[[int], Any], reps: int, warmup: int = 200, idle_s: float = 0.0
+) -> np.ndarray:
+    """Per-call wall times (ns) of ``fn(i)`` for i in range(reps), after ``warmup`` calls.
+
+    ``idle_s`` > 0 sleeps that long before each timed call (not timed), as a scorer at
+    concurrency 1 idles between one answer and the next request: back to back, a call finds
+    its code and data in the CPU's caches, which a server that waited on the network does not.
+    """
     for i in range(warmup):
         fn(i)
     out = np.empty(reps, np.int64)
-    perf = time.perf_counter_ns
+    perf, sleep = time.perf_counter_ns, time.sleep
     gc_was = gc.isenabled()
     gc.disable()
     try:
         for i in range(reps):
+            if idle_s:
+                sleep(idle_s)
             t = perf()
             fn(i)
             out[i] = perf() - t
@@ -78,7 +90,10 @@ def _faster(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a if np.median(a) <= np.median(b) else b
 
 
-def measure(model: LoadedModel, bodies: list[bytes], reps: int) -> dict[str, np.ndarray]:
+def measure(
+    model: LoadedModel, bodies: list[bytes], reps: int, idle_s: float = 0.0
+) -> dict[str, np.ndarray]:
+    """The floors' per-call times (ns); see :func:`time_call` for ``idle_s``."""
     tasks = model.task_names
     limits = Limits(max_candidates=5000, max_top_n=1000)
     parsed = [parse_rank(b, tasks, model.state_dim, limits) for b in bodies]
@@ -95,9 +110,12 @@ def measure(model: LoadedModel, bodies: list[bytes], reps: int) -> dict[str, np.
         p = parsed[i % nb]
         model.rank(p.state, p.predictions, noise, p.top_n)
 
-    pair, serving = time_call(ort_pair, reps), time_call(ort_serving, reps)
-    by_orjson = time_call(lambda i: minimal_parse(bodies[i % nb], tasks), reps)
-    by_simdjson = time_call(lambda i: minimal_parse_simdjson(bodies[i % nb], tasks), reps)
+    def timed(fn: Callable[[int], Any]) -> np.ndarray:
+        return time_call(fn, reps, idle_s=idle_s)
+
+    pair, serving = timed(ort_pair), timed(ort_serving)
+    by_orjson = timed(lambda i: minimal_parse(bodies[i % nb], tasks))
+    by_simdjson = timed(lambda i: minimal_parse_simdjson(bodies[i % nb], tasks))
     return {
         "ort": _faster(pair, serving),
         "ort_pair": pair,
@@ -105,7 +123,5 @@ def measure(model: LoadedModel, bodies: list[bytes], reps: int) -> dict[str, np.
         "parse": _faster(by_orjson, by_simdjson),
         "parse_orjson": by_orjson,
         "parse_simdjson": by_simdjson,
-        "parse_rank": time_call(
-            lambda i: parse_rank(bodies[i % nb], tasks, model.state_dim, limits), reps
-        ),
+        "parse_rank": timed(lambda i: parse_rank(bodies[i % nb], tasks, model.state_dim, limits)),
     }
