@@ -20,6 +20,7 @@ What it does (everything it starts, it stops; it writes only ``results/`` and a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -208,7 +209,8 @@ def scorer(
             time.sleep(3.0)
         yield s
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already (the error)
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
