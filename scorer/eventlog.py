@@ -145,7 +145,6 @@ class EventLogger:
         self.logged = 0
         self.dropped = 0
         self.redis_errors = 0
-        self.encode_errors = 0
         self.connected = False
         self.last_error: str | None = None
         self._xadd = xadd_prefix(stream.encode(), str(maxlen).encode(), EVENT_FIELDS)
@@ -184,7 +183,6 @@ class EventLogger:
                 ready.append(self._pack(item))
             except Exception:  # an event that cannot be encoded is lost, never the server
                 with self._lock:
-                    self.encode_errors += 1
                     self.dropped += 1
                 log.exception("event log: cannot encode a %s event", type(item).__name__)
         if len(ready) >= self.batch_size:

@@ -74,7 +74,7 @@ class LoadedModel:
         return Ranked(*self.serving.run(None, feed))
 
 
-def _session(path: Path | bytes) -> ort.InferenceSession:
+def _session(graph: bytes) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     # One intra-op thread per session: the request's batch is small, and several spinning
     # threads per worker on a few cores cost more in tail latency than they win.
@@ -83,8 +83,7 @@ def _session(path: Path | bytes) -> ort.InferenceSession:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
 
 
 def _check_io(sess: ort.InferenceSession, inputs: list[str], outputs: list[str], what: str) -> None:
@@ -110,8 +109,11 @@ def load_version(version_dir: Path) -> LoadedModel:
         )
     k, d = len(manifest.tasks), manifest.state_dim
     try:
-        mfc = _session(version_dir / manifest.mfc.file)
-        actor = _session(version_dir / manifest.actor.file)
+        # each graph is read once: its bytes feed both its own session and the serving graph
+        mfc_onnx = (version_dir / manifest.mfc.file).read_bytes()
+        actor_onnx = (version_dir / manifest.actor.file).read_bytes()
+        mfc = _session(mfc_onnx)
+        actor = _session(actor_onnx)
     except Exception as exc:  # ORT raises its own exception types for corrupt graphs
         raise ModelRefused(f"ONNX Runtime cannot load the graphs: {exc}") from exc
     _check_io(mfc, manifest.mfc.inputs, manifest.mfc.outputs, "mfc")
@@ -119,12 +121,7 @@ def load_version(version_dir: Path) -> LoadedModel:
     try:
         serving = _session(
             build_serving_graph(
-                (version_dir / manifest.mfc.file).read_bytes(),
-                (version_dir / manifest.actor.file).read_bytes(),
-                k,
-                d,
-                manifest.action_low,
-                manifest.action_high,
+                mfc_onnx, actor_onnx, k, d, manifest.action_low, manifest.action_high
             )
         )
     except ServingGraphError as exc:
