@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import httpx
 import numpy as np
 import orjson
 
-from shared.manifest import write_current
+from tests import helpers
 from tests.conftest import RedisServer, free_port
 from tests.helpers import wait_until as _wait_until
 
@@ -69,25 +68,8 @@ def server_errors(metrics_text: str) -> list[str]:
     ]
 
 
-def publish(
-    src: Path, model_dir: Path, version: str, prepare: Callable[[Path], object] | None = None
-) -> Path:
-    """Copy an exported version in as ``model_dir/version`` the way export does it (temp dir,
-    rename), with the manifest's version renamed if needed and optionally altered by
-    ``prepare``; then point ``CURRENT`` at it."""
-    tmp = model_dir / f".tmp-{version}"
-    shutil.copytree(src, tmp)
-    manifest_path = tmp / "manifest.json"
-    manifest = orjson.loads(manifest_path.read_bytes())
-    if manifest["version"] != version:
-        manifest["version"] = version
-        manifest_path.write_bytes(orjson.dumps(manifest))
-    if prepare:
-        prepare(tmp)
-    final = model_dir / version
-    tmp.rename(final)
-    write_current(model_dir, version)
-    return final
+# drills copy one exported version in under several names
+publish = functools.partial(helpers.publish, match_manifest=True)
 
 
 def _rss_kib(pid: int) -> int:

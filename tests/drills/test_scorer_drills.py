@@ -133,6 +133,19 @@ def test_redis_down_at_start_killed_under_load_and_restarted(
             states.append(state)
             return state
 
+        def logging_resumes() -> int:
+            """Redis is up (again): the logger reconnects and the stream keeps growing; returns
+            the stream's length once it has."""
+            client = redis.Redis.from_url(redis_server.url)
+            try:
+                wait_until(lambda: log_state()["connected"], timeout=10)
+                wait_until(lambda: client.xlen(STREAM) > 0, timeout=10)
+                before = client.xlen(STREAM)
+                wait_until(lambda: client.xlen(STREAM) > before, timeout=10)
+                return int(client.xlen(STREAM))
+            finally:
+                client.close()
+
         # phase 1: Redis down since the start
         wait_until(lambda: load.count() > 100)
         errors_a = log_state()["redis_errors"]
@@ -150,12 +163,7 @@ def test_redis_down_at_start_killed_under_load_and_restarted(
 
         # phase 2: Redis comes up; logging starts
         redis_server.start()
-        client = redis.Redis.from_url(redis_server.url)
-        wait_until(lambda: log_state()["connected"], timeout=10)
-        wait_until(lambda: client.xlen(STREAM) > 0, timeout=10)
-        xlen_a = client.xlen(STREAM)
-        wait_until(lambda: client.xlen(STREAM) > xlen_a, timeout=10)
-        client.close()
+        logging_resumes()
 
         # phase 3: Redis killed under load
         errors_b = log_state()["redis_errors"]
@@ -170,13 +178,7 @@ def test_redis_down_at_start_killed_under_load_and_restarted(
 
         # phase 4: restarted on the same port (empty: no persistence); logging resumes
         redis_server.start()
-        client = redis.Redis.from_url(redis_server.url)
-        wait_until(lambda: log_state()["connected"], timeout=10)
-        wait_until(lambda: client.xlen(STREAM) > 0, timeout=10)
-        xlen_b = client.xlen(STREAM)
-        wait_until(lambda: client.xlen(STREAM) > xlen_b, timeout=10)
-        final_xlen = client.xlen(STREAM)
-        client.close()
+        final_xlen = logging_resumes()
         final = log_state()
         text = ctl.get("/metrics").text
 

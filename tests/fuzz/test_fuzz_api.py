@@ -30,6 +30,7 @@ from tests.drills.scorer_process import (  # noqa: E402
     scorer_with_redis,
     server_errors,
 )
+from tests.helpers import assert_error_body  # noqa: E402
 
 MAX_EXAMPLES = 150
 FUZZ_SETTINGS = settings(
@@ -111,14 +112,7 @@ def check_answer(status: int, ctype: str, content: bytes, tally: collections.Cou
     tally[status] += 1
     assert status < 500, (status, content[:500])
     if status >= 300:
-        assert ctype.startswith("application/json"), ctype
-        body = orjson.loads(content)
-        assert set(body) == {"error"}, body
-        err = body["error"]
-        assert set(err) == {"code", "message", "field"}, err
-        assert isinstance(err["code"], str) and err["code"]
-        assert isinstance(err["message"], str) and err["message"]
-        assert err["field"] is None or isinstance(err["field"], str)
+        assert_error_body(ctype, content)
 
 
 def run_operation(schema: Any, path: str, base: str) -> collections.Counter:

@@ -27,6 +27,7 @@ from tests.drills.scorer_process import (
     scorer_with_redis,
     server_errors,
 )
+from tests.helpers import assert_error_body
 
 MB = 1024 * 1024
 
@@ -328,17 +329,6 @@ def live(exported_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield scorer
 
 
-def assert_error_body(answer: Answer) -> None:
-    assert answer.content_type.startswith("application/json"), answer
-    body = orjson.loads(answer.body)
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"code", "message", "field"}, err
-    assert isinstance(err["code"], str) and err["code"]
-    assert isinstance(err["message"], str) and err["message"]
-    assert err["field"] is None or isinstance(err["field"], str)
-
-
 def test_hostile_corpus(live: ScorerProcess) -> None:
     rss_before = live.rss_mib()
     table: list[tuple[str, int, str, bool]] = []
@@ -350,7 +340,7 @@ def test_hostile_corpus(live: ScorerProcess) -> None:
         answer = raw_request(live.port, path, chunks, hdrs)
         code = ""
         if answer.status >= 400:
-            assert_error_body(answer)
+            assert_error_body(answer.content_type, answer.body)
             code = orjson.loads(answer.body)["error"]["code"]
         table.append((name, answer.status, code, answer.status in accepted))
         assert live.alive(), f"the scorer died on {name!r}"
@@ -364,7 +354,7 @@ def test_hostile_corpus(live: ScorerProcess) -> None:
             {**JSON, "content-length": "2" if method == "POST" else "0"},
             method,
         )
-        assert_error_body(answer)
+        assert_error_body(answer.content_type, answer.body)
         table.append(
             (
                 name,

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from scorer.ranking import fused_scores
 from shared.manifest import write_current
-from tests.helpers import metric, wait_until
+from tests.helpers import assert_error_body, metric, publish, wait_until
 from tests.scorer.conftest import MakeClient
 
 TASKS = ("click", "like", "skip")
@@ -53,35 +53,12 @@ def post_raw(client: TestClient, path: str, raw: bytes, **headers: str) -> Any:
 
 def assert_error(resp: Any, status: int, code: str | None = None, field: Any = ...) -> dict:
     assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/json")
-    body = resp.json()
-    assert set(body) == {"error"}
-    err = body["error"]
-    assert set(err) == {"code", "message", "field"}
-    assert isinstance(err["code"], str) and err["code"]
-    assert isinstance(err["message"], str) and err["message"]
+    err = assert_error_body(resp.headers["content-type"], resp.content)
     if code is not None:
         assert err["code"] == code, err
     if field is not ...:
         assert err["field"] == field, err
     return err
-
-
-def publish(
-    src: Path,
-    model_dir: Path,
-    version: str,
-    prepare: Callable[[Path], object] | None = None,
-) -> Path:
-    """Copy ``src`` in as ``model_dir/version`` (optionally altered), then point CURRENT at it."""
-    tmp = model_dir / f".tmp-{version}"
-    shutil.copytree(src, tmp)
-    if prepare:
-        prepare(tmp)
-    final = model_dir / version
-    tmp.rename(final)
-    write_current(model_dir, version)
-    return final
 
 
 def model_version(client: TestClient) -> str | None:

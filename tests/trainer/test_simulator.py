@@ -230,14 +230,20 @@ def _collect(sim: UserSimulator, score_fn, n_users: int, steps: int, seed: int):
     return np.concatenate(signals), np.concatenate(watch), np.concatenate(durations)
 
 
-def test_rates_under_reasonable_ranker(sim: UserSimulator) -> None:
-    signals, _, _ = _collect(sim, reasonable, 1024, 60, seed=6)
+def assert_rates_near_kuairand(signals: np.ndarray) -> None:
+    """Feedback rates (signals: rows of K 0/1 signals) near KuaiRand's: click and long view
+    within 0.08, the rare ones within a factor of 1.5."""
     rates = dict(zip(TASKS, signals.mean(axis=0), strict=True))
     for task in ("click", "long_view"):
         assert abs(rates[task] - TARGET_RATES[task]) < 0.08, (task, rates[task])
     for task in ("like", "follow", "comment", "share"):
         ratio = rates[task] / TARGET_RATES[task]
         assert 1 / 1.5 < ratio < 1.5, (task, rates[task])
+
+
+def test_rates_under_reasonable_ranker(sim: UserSimulator) -> None:
+    signals, _, _ = _collect(sim, reasonable, 1024, 60, seed=6)
+    assert_rates_near_kuairand(signals)
 
 
 def test_feedback_consistency(sim: UserSimulator) -> None:
@@ -443,12 +449,7 @@ def test_real_population_tables(real_sim: UserSimulator) -> None:
 @needs_real
 def test_real_population_rates_under_reasonable_ranker(real_sim: UserSimulator) -> None:
     signals, watch, durations = _collect(real_sim, reasonable, 1024, 60, seed=6)
-    rates = dict(zip(TASKS, signals.mean(axis=0), strict=True))
-    for task in ("click", "long_view"):
-        assert abs(rates[task] - TARGET_RATES[task]) < 0.08, (task, rates[task])
-    for task in ("like", "follow", "comment", "share"):
-        ratio = rates[task] / TARGET_RATES[task]
-        assert 1 / 1.5 < ratio < 1.5, (task, rates[task])
+    assert_rates_near_kuairand(signals)
     long_view = signals[:, 1] == 1
     threshold = np.minimum(durations, real_sim.config.long_view_s)
     assert np.all(watch[long_view] >= threshold[long_view] - 1e-4)
