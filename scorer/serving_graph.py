@@ -11,7 +11,7 @@ selection, so that a request costs one ONNX Runtime call instead of two calls pl
 
 ``noise`` is the exploration noise drawn by the caller (zeros when not exploring); the graph
 also returns the noise actually applied (after clipping), which the session log records.
-ONNX ``TopK`` orders equal values by index, as :func:`scorer.ranking.top_n` does; the scorer
+ONNX ``TopK`` orders equal values by index, as :func:`shared.fusion.top_n` does; the scorer
 checks the graph against the reference path (two graphs + numpy) before serving a version.
 """
 

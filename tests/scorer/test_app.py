@@ -19,7 +19,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from scorer.ranking import fused_scores
+from shared.fusion import fused_scores
 from shared.manifest import write_current
 from tests.helpers import assert_error_body, metric, publish, wait_until
 from tests.scorer.conftest import MakeClient

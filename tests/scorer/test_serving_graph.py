@@ -1,5 +1,5 @@
 """The serving graph (MFCs + actor + outer stage + top-N in one ONNX call) against the reference:
-the version's own two graphs, then the numpy outer stage and top-N (``scorer.ranking``)."""
+the version's own two graphs, then the numpy outer stage and top-N (``shared.fusion``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from scorer import model as model_module
 from scorer.model import LoadedModel, ModelRefused, load_version
-from scorer.ranking import fused_scores, top_n
+from shared.fusion import fused_scores, top_n
 from scorer.serving_graph import ServingGraphError, build_serving_graph
 
 K, D = 3, 5  # the shared exported_model fixture: click, like, skip; state_dim 5

@@ -1,11 +1,11 @@
-"""Unit tests of the scorer's per-request maths (``scorer.ranking``)."""
+"""Unit tests of the scorer's per-request maths (``shared.fusion``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from scorer.ranking import exploration_noise, fused_scores, top_n
+from shared.fusion import exploration_noise, fused_scores, top_n
 
 
 def test_fused_scores_matches_the_formula_elementwise() -> None:
