@@ -46,7 +46,7 @@ paper: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy scorer shared
+	$(BIN)/mypy scorer shared trainer
 
 format: install
 	$(BIN)/ruff format .

@@ -1,4 +1,4 @@
-"""Simulator throughput: user-requests per second of :class:`trainer.simulator.UserSimulator`.
+"""Simulator throughput: user-requests per second of :class:`trainer.sim.UserSimulator`.
 
 ``python -m loadtest.simbench`` (``make bench-sim``) steps ``n_users`` concurrent simulated users
 (auto-reset, so the batch stays full) ranking by the plain sum of the predictions, for each
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.kuairand import ENV_DIR
-from trainer.simulator import SimConfig, UserSimulator
+from trainer.sim import SimConfig, UserSimulator
+from trainer.sim.kuairand import ENV_DIR
 
 TARGET = 20_000  # user-requests per second on the 2-core reference machine (issue 3)
 
@@ -41,10 +41,10 @@ def measure(config: SimConfig, n_users: int, steps: int, warmup: int = 3) -> Sim
     sim = UserSimulator(config)
     obs = sim.reset(n_users, seed=1, auto_reset=True)
     for _ in range(warmup):
-        obs = sim.step_scores(obs.predictions.sum(axis=2)).observation
+        obs = sim.step_scores(obs.predictions.sum(axis=1)).observation
     t0 = time.perf_counter()
     for _ in range(steps):
-        obs = sim.step_scores(obs.predictions.sum(axis=2)).observation
+        obs = sim.step_scores(obs.predictions.sum(axis=1)).observation
     return SimBenchRow(sim.population, n_users, steps, time.perf_counter() - t0)
 
 

@@ -33,10 +33,10 @@ from scorer.logs import configure_logging, request_id_var
 from scorer.metrics import Metrics
 from scorer.model import LoadedModel, ModelStore
 from scorer.parsing import Limits, load_json, parse_rank
-from shared.fusion import exploration_noise
 from scorer.settings import ScorerSettings
 from shared.api import FeedbackRequest, RankRequest, RankResponse
 from shared.events import FeedbackEvent, FeedbackItemEvent, SessionEndEvent
+from shared.fusion import exploration_noise
 
 log = logging.getLogger("scorer")
 

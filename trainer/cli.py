@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.events import DEFAULT_STREAM
+from shared.tasks import DEFAULT_TASK_NAMES
+
 if TYPE_CHECKING:
     from shared.tasks import TaskSpec
 
@@ -50,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="publish a first, untrained (neutral) model version")
     _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
     _add(p, "state-dim", required=_env("state-dim") is None, type=_positive_int)
-    _add(p, "tasks", "click,long_view,like,follow,comment,share", help="comma-separated task names")
+    _add(p, "tasks", ",".join(DEFAULT_TASK_NAMES), help="comma-separated task names")
     _add(p, "directions", None, help="comma-separated 1/-1 per task (default all 1)")
     _add(
         p,
@@ -65,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("consume", help="train on the sessions logged in Redis and publish versions")
     _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
     _add(p, "redis-url", "redis://127.0.0.1:6379/0")
-    _add(p, "events-stream", "xmtf:events")
+    _add(p, "events-stream", DEFAULT_STREAM)
     _add(p, "group", "xmtf-trainer")
     _add(p, "consumer", "trainer-1")
     p.add_argument("--until-idle", action="store_true", help="stop once the stream is drained")
@@ -165,7 +168,7 @@ def _calibrated(tasks: tuple[TaskSpec, ...], path: Path) -> tuple[TaskSpec, ...]
 def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
     import redis
 
-    from trainer.consume import ConsumeConfig, StreamTrainer
+    from trainer.stream.consume import ConsumeConfig, StreamTrainer
 
     client = redis.Redis.from_url(args.redis_url, socket_timeout=10, socket_connect_timeout=3)
     try:
@@ -249,7 +252,9 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
-    from trainer.paper import PaperConfig, StudyMismatch, render_run, run_paper
+    from trainer.study.config import PaperConfig
+    from trainer.study.report import render_run
+    from trainer.study.run import StudyMismatch, run_paper
 
     if args.render_only:
         if not (Path(args.out) / "paper.json").is_file():
@@ -294,7 +299,7 @@ def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_plot(args: argparse.Namespace) -> dict[str, Any]:
-    from trainer.plots import plot_checkpoint, plot_run
+    from trainer.study.plots import plot_checkpoint, plot_run
 
     if args.checkpoint is not None:
         if not Path(args.checkpoint).is_file():

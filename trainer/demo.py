@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import redis
 
-from trainer.simulator import Observation, SimConfig, StepResult, UserSimulator
+from trainer.sim import Observation, SimConfig, StepResult, UserSimulator
 
 log = logging.getLogger("xmtf-demo")
 BIN = Path(sys.executable).parent
@@ -124,7 +124,7 @@ def _rank_body(
         "user_id": f"user-{seed}-{u}",
         "user_state": obs.state[u].tolist(),
         "item_ids": [str(x) for x in obs.item_ids[u]],
-        "predictions": {k: obs.predictions[u, :, i].tolist() for i, k in enumerate(names)},
+        "predictions": {k: obs.predictions[u, i].tolist() for i, k in enumerate(names)},
         "top_n": top_n,
     }
 
@@ -161,7 +161,7 @@ def drive_users(base: str, sim: UserSimulator, n_sessions: int, seed: int, tag: 
             return r.json()
 
         while obs.active.any():
-            users = np.flatnonzero(obs.active)
+            users = [int(u) for u in np.flatnonzero(obs.active)]
             bodies = [_rank_body(tag, seed, u, lengths[u], obs, names, top_n) for u in users]
             replies = list(pool.map(lambda b: post("/v1/rank", b), bodies))
             shown = np.tile(np.arange(top_n), (n_sessions, 1))

@@ -29,6 +29,7 @@ from shared.manifest import (
     utc_now_iso,
     write_current,
 )
+from trainer import losses
 from trainer.config import to_dict
 from trainer.networks import Actor, MFCBank, RunningNorm
 from trainer.tsh import TSHAgent
@@ -154,16 +155,11 @@ def audit_monotonicity(
     row probes all K cells for a state at once.
     """
     rng = np.random.default_rng(seed)
-    lo = np.array([t.low for t in agent.tasks], np.float32)[:, None]
-    hi = np.array([t.high for t in agent.tasks], np.float32)[:, None]
-    probe = (lo + (hi - lo) * np.linspace(0.0, 1.0, grid, dtype=np.float32)[None, :]).astype(
-        np.float32
-    )
-    direction = np.array([t.direction for t in agent.tasks], np.float32)[:, None]
+    probe = losses.probe_grid(agent.tasks, grid)
     violations = np.zeros(len(agent.tasks))
     for state in _probe_states(agent, n_states, rng):
         (q,) = mfc_sess.run(None, {"state": state[None, :], "predictions": probe})
-        violations += (direction * np.diff(q, axis=1) < -tolerance).sum(axis=1)
+        violations += losses.grid_violations(q, agent.tasks, tolerance).sum(axis=1)
     per_task = violations / (n_states * (grid - 1))
     return {
         "overall": float(per_task.mean()),
@@ -244,7 +240,7 @@ def _write_version(
     mfc_sess, actor_sess = _session(out / onnx_io.MFC_FILE), _session(out / onnx_io.ACTOR_FILE)
     parity = check_parity(agent, mfc_sess, actor_sess)
     mono = audit_monotonicity(agent, mfc_sess)
-    figures = {
+    figures: dict[str, Any] = {
         "parity_max_abs_err": parity,
         "parity_tolerance": parity_tolerance,
         "monotonicity_violation_rate": mono["overall"],

@@ -1,4 +1,5 @@
-"""Losses of TSH training (paper eqs. 11, 13, 14, 16, 17, 18) as small pure functions.
+"""Losses of TSH training (paper eqs. 11, 13, 14, 16, 17, 18) as small pure functions, and the
+monotonicity measures (the batch violation rate and the probe grid of the audits).
 
 Shapes: B requests, K tasks, N candidates per request; ``mask`` (B, N) marks real candidates
 (requests logged with fewer candidates are padded). Pair sums of the paper are normalised by the
@@ -7,8 +8,13 @@ number of pairs that count, so the loss scale does not depend on N.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from shared.tasks import TaskSpec
 
 
 def outer_stage(q_inner: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -103,3 +109,39 @@ def monotonicity_loss(
 def inner_loss(mono_per_task: torch.Tensor, transfer: torch.Tensor, lam: float) -> torch.Tensor:
     """Eq. 18: ``lambda sum_k L^mono_k + (1 - lambda) L^transfer``."""
     return lam * mono_per_task.sum() + (1.0 - lam) * transfer
+
+
+# -------------------------------------------------------------------------------- monotonicity
+@torch.no_grad()
+def violation_rate(
+    predictions: torch.Tensor, q_inner: torch.Tensor, directions: torch.Tensor, mask: torch.Tensor
+) -> float:
+    """Share of candidate pairs ordered by a prediction (in the task's direction) whose inner
+    outputs are strictly in the opposite order: the monotonicity violation rate of eq. 17."""
+    x = predictions * directions.view(1, -1, 1)
+    m = mask.to(torch.bool)
+    pairs = (m.unsqueeze(-1) & m.unsqueeze(-2)).unsqueeze(1)
+    below = (x.unsqueeze(-1) < x.unsqueeze(-2)) & pairs
+    against = below & (q_inner.unsqueeze(-1) > q_inner.unsqueeze(-2))
+    return float(against.sum()) / max(int(below.sum()), 1)
+
+
+def probe_grid(tasks: Sequence[TaskSpec], grid: int) -> np.ndarray:
+    """(K, G) float32: ``grid`` evenly spaced points over each task's ``[low, high]``.
+
+    The monotonicity probes of the export audit, the study's metric and the plots all use it.
+    """
+    lo = np.array([t.low for t in tasks], np.float32)[:, None]
+    hi = np.array([t.high for t in tasks], np.float32)[:, None]
+    return (lo + (hi - lo) * np.linspace(0.0, 1.0, grid, dtype=np.float32)[None, :]).astype(
+        np.float32
+    )
+
+
+def grid_violations(
+    q: np.ndarray, tasks: Sequence[TaskSpec], tolerance: float = 1e-6
+) -> np.ndarray:
+    """(..., K, G - 1) bool: adjacent probe-grid steps where a cell's output ``q (..., K, G)``
+    moves against its task's direction by more than ``tolerance``."""
+    direction = np.array([t.direction for t in tasks], np.float32)[:, None]
+    return direction * np.diff(q, axis=-1) < -tolerance

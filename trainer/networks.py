@@ -21,6 +21,10 @@ from shared.tasks import TaskSpec
 class RunningNorm(nn.Module):
     """Running mean/variance observation normaliser (the paper's "normalised observations")."""
 
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-6) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -57,6 +61,10 @@ class MFCBank(nn.Module):
     are made non-negative (softplus) and the activations are monotone, so each cell is increasing
     in ``x`` by construction; otherwise the monotonicity loss (eq. 17) keeps it so.
     """
+
+    direction: torch.Tensor
+    offset: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(
         self,
@@ -126,6 +134,9 @@ def mlp(in_dim: int, hidden: int, out_dim: int, n_layers: int = 5) -> nn.Sequent
 class Actor(nn.Module):
     """Deterministic policy ``a = mu(s)``: K outer-stage scalars inside [low, high]."""
 
+    low: torch.Tensor
+    high: torch.Tensor
+
     def __init__(
         self,
         state_dim: int,
@@ -156,6 +167,9 @@ class Actor(nn.Module):
 
 class Critic(nn.Module):
     """``Q(s, a)``; the action enters rescaled to [-1, 1]."""
+
+    a_mid: torch.Tensor
+    a_half: torch.Tensor
 
     def __init__(self, state_dim: int, n_tasks: int, hidden: int, low: float, high: float) -> None:
         super().__init__()

@@ -1,5 +1,5 @@
-"""TSH training against the user simulator, read top to bottom like CleanRL's TD3 script:
-collect -> (critic -> actor -> inner -> target sync) -> periodic evaluation -> export.
+"""``xmtf-train simulate``: TSH training against the user simulator (the loop of
+:mod:`trainer.loop`), periodic evaluation against the plain sum, and the run's outputs.
 """
 
 from __future__ import annotations
@@ -12,31 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from tqdm import tqdm
-
 from trainer.config import TSHConfig, from_dict, load_json, to_dict
+from trainer.loop import TrainConfig, TSHLearner, plain_sum_score, policy_score_fn, run_online
 from trainer.replay import ReplayBuffer
-from trainer.simulator import EvalResult, SimConfig, UserSimulator, evaluate
+from trainer.sim import EvalResult, SimConfig, StepResult, UserSimulator, evaluate
 from trainer.tsh import TSHAgent
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The outer loop: how much to collect and train, and how to evaluate."""
-
-    seed: int = 0
-    n_users: int = 256  # concurrent simulated users while collecting
-    total_steps: int = 400  # collection steps (each adds n_users transitions)
-    learning_starts: int = 2048  # transitions in the replay buffer before updates begin
-    updates_per_step: int = 4
-    replay_capacity: int = 200_000
-    replay_candidates: int = 32
-    eval_every: int = 100  # steps
-    eval_sessions: int = 1000
-    eval_seed: int = 12345
 
 
 @dataclass(frozen=True)
@@ -64,22 +46,6 @@ class SimulateConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return {"sim": to_dict(self.sim), "tsh": to_dict(self.tsh), "train": to_dict(self.train)}
-
-
-def policy_score_fn(agent: TSHAgent) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """Greedy (no exploration) xMTF ranking as a simulator ``score_fn``."""
-
-    def score(state: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-        preds = predictions.transpose(0, 2, 1)  # simulator (U, C, K) -> model (U, K, C)
-        action, _ = agent.act(state, explore=False)
-        return agent.scores(state, preds, action)
-
-    return score
-
-
-def plain_sum_score(state: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-    """The neutral baseline: rank by the plain sum of the predictions."""
-    return predictions.sum(axis=2)
 
 
 @dataclass
@@ -119,31 +85,15 @@ def train_on_simulator(
             log_metrics(row)
         return summary
 
-    baseline = evaluate(eval_sim, plain_sum_score, tc.eval_sessions, tc.eval_seed).summary()
-    obs = sim.reset(tc.n_users, seed=tc.seed, auto_reset=True)
-    metrics: dict[str, float] = {}
-    bar = tqdm(range(tc.total_steps), desc="simulate", disable=not progress, unit="step")
-    for step in bar:
-        # collect: one request per concurrent user, with exploration noise on the action
-        agent.observe(obs.state)
-        preds = obs.predictions.transpose(0, 2, 1)
-        action, _ = agent.act(obs.state, explore=True)
-        res = sim.step_scores(agent.scores(obs.state, preds, action))
-        replay.add(obs.state, action, res.reward, res.observation.state, res.done, preds)
-        obs = res.observation
+    def on_step(step: int, res: StepResult, metrics: dict[str, float]) -> None:
+        if log_metrics and metrics and (step - 1) % 10 == 0:
+            log_metrics({"step": float(step - 1), **metrics})
+        if tc.eval_every and step % tc.eval_every == 0 and step < tc.total_steps:
+            run_eval(step)
 
-        # learn: critic -> actor -> inner stage -> target sync (inside agent.update)
-        if len(replay) >= tc.learning_starts:
-            for _ in range(tc.updates_per_step):
-                metrics = agent.update(replay.sample(config.tsh.batch_size))
-            if log_metrics and step % 10 == 0:
-                log_metrics({"step": float(step), **metrics})
-        if res.finished_returns.size:
-            bar.set_postfix(
-                ret=f"{res.finished_returns.mean():.0f}", q=f"{metrics.get('q_mean', 0):.2f}"
-            )
-        if tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.total_steps:
-            run_eval(step + 1)
+    baseline = evaluate(eval_sim, plain_sum_score, tc.eval_sessions, tc.eval_seed).summary()
+    learner = TSHLearner(agent, replay, config.tsh.batch_size)
+    run_online(sim, learner, tc, tc.seed, progress=progress, desc="simulate", on_step=on_step)
     final = run_eval(tc.total_steps)
     return TrainResult(agent, history, final, baseline, time.perf_counter() - t0)
 

@@ -24,7 +24,7 @@ from trainer.networks import Actor, Critic, MFCBank, RunningNorm
 from trainer.replay import Batch
 
 
-def _t(a: np.ndarray) -> torch.Tensor:
+def to_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=torch.float32)
 
 
@@ -33,20 +33,6 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     with torch.no_grad():
         for t, s in zip(target.parameters(), source.parameters(), strict=True):
             t.lerp_(s, tau)
-
-
-@torch.no_grad()
-def violation_rate(
-    predictions: torch.Tensor, q_inner: torch.Tensor, directions: torch.Tensor, mask: torch.Tensor
-) -> float:
-    """Share of candidate pairs ordered by a prediction (in the task's direction) whose inner
-    outputs are strictly in the opposite order: the monotonicity violation rate of eq. 17."""
-    x = predictions * directions.view(1, -1, 1)
-    m = mask.to(torch.bool)
-    pairs = (m.unsqueeze(-1) & m.unsqueeze(-2)).unsqueeze(1)
-    below = (x.unsqueeze(-1) < x.unsqueeze(-2)) & pairs
-    against = below & (q_inner.unsqueeze(-1) > q_inner.unsqueeze(-2))
-    return float(against.sum()) / max(int(below.sum()), 1)
 
 
 class TSHAgent:
@@ -112,13 +98,13 @@ class TSHAgent:
 
     def observe(self, states: np.ndarray) -> None:
         """Update the observation normaliser with collected states."""
-        self.norm.update(_t(states))
+        self.norm.update(to_tensor(states))
 
     @torch.no_grad()
     def act(self, states: np.ndarray, explore: bool) -> tuple[np.ndarray, np.ndarray]:
         """Actions (B, K) for raw states, and the exploration noise that was applied."""
         cfg = self.config
-        mu = self.actor(self.norm(_t(states))).numpy()
+        mu = self.actor(self.norm(to_tensor(states))).numpy()
         if not explore or cfg.exploration_scale == 0:
             return mu, np.zeros_like(mu)
         std = cfg.exploration_scale * (cfg.action_high - cfg.action_low)
@@ -138,24 +124,24 @@ class TSHAgent:
     @torch.no_grad()
     def inner(self, states: np.ndarray, predictions: np.ndarray) -> np.ndarray:
         """Inner-stage outputs (B, K, N) for raw states (B, D) and predictions (B, K, N)."""
-        return self._inner(self.norm(_t(states)), _t(predictions)).numpy()
+        return self._inner(self.norm(to_tensor(states)), to_tensor(predictions)).numpy()
 
     @torch.no_grad()
     def scores(self, states: np.ndarray, predictions: np.ndarray, action: np.ndarray) -> np.ndarray:
         """Fused scores (B, N) of eq. 8 with the outer stage of eq. 11."""
-        q_inner = self._inner(self.norm(_t(states)), _t(predictions))
-        return losses.fused_score(losses.outer_stage(q_inner, _t(action))).numpy()
+        q_inner = self._inner(self.norm(to_tensor(states)), to_tensor(predictions))
+        return losses.fused_score(losses.outer_stage(q_inner, to_tensor(action))).numpy()
 
     # ------------------------------------------------------------------ updates
 
     def update_critic(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
-        s, s2 = self.norm(_t(batch.state)), self.norm(_t(batch.next_state))
-        reward = _t(batch.reward) * cfg.reward_scale
+        s, s2 = self.norm(to_tensor(batch.state)), self.norm(to_tensor(batch.next_state))
+        reward = to_tensor(batch.reward) * cfg.reward_scale
         with torch.no_grad():
             next_q = self.critic_target(s2, self.actor_target(s2))
-            target = losses.td_target(reward, _t(batch.done), next_q, cfg.gamma)
-        q = self.critic(s, _t(batch.action))
+            target = losses.td_target(reward, to_tensor(batch.done), next_q, cfg.gamma)
+        q = self.critic(s, to_tensor(batch.action))
         loss = losses.critic_loss(q, target)
         self.critic_opt.zero_grad()
         loss.backward()
@@ -164,7 +150,7 @@ class TSHAgent:
         return {"critic_loss": float(loss.detach()), "q_mean": float(q.detach().mean())}
 
     def update_actor(self, batch: Batch) -> dict[str, float]:
-        s = self.norm(_t(batch.state))
+        s = self.norm(to_tensor(batch.state))
         action = self.actor(s)
         loss = losses.actor_loss(self.critic(s, action))
         if self.config.action_l2 > 0:
@@ -182,8 +168,8 @@ class TSHAgent:
     def update_inner(self, batch: Batch) -> dict[str, float]:
         """Eq. 18 on a batch of requests: the current policy's outer stage is the label."""
         n = min(self.config.inner_batch_size, batch.state.shape[0])
-        s = self.norm(_t(batch.state[:n]))
-        preds, mask = _t(batch.predictions[:n]), torch.as_tensor(batch.mask[:n])
+        s = self.norm(to_tensor(batch.state[:n]))
+        preds, mask = to_tensor(batch.predictions[:n]), torch.as_tensor(batch.mask[:n])
         q_inner = self.mfc(s, preds)
         with torch.no_grad():
             z_outer = losses.fused_score(losses.outer_stage(q_inner, self.actor(s)))
@@ -211,7 +197,7 @@ class TSHAgent:
             "inner_loss": float(loss.detach()),
             "transfer_loss": float(transfer.detach()),
             "mono_loss": float(mono.detach().sum()),
-            "mono_violation": violation_rate(preds, q_inner.detach(), self.directions, mask),
+            "mono_violation": losses.violation_rate(preds, q_inner.detach(), self.directions, mask),
         }
 
     def sync_targets(self) -> None:

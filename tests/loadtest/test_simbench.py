@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loadtest import simbench
-from trainer.simulator import SimConfig
+from trainer.sim import SimConfig
 
 
 def test_measure_counts_user_requests() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.kuairand import ENV_DIR, find_data_dir
+from trainer.sim.kuairand import ENV_DIR, find_data_dir
 
 #: ``$XMTF_KUAIRAND_DIR``, else ``shared/data/kuairand-pure`` beside the checkout.
 REAL_DIR: Path | None = find_data_dir(

@@ -1,4 +1,4 @@
-"""Tests of the KuaiRand-like user simulator (trainer/simulator.py)."""
+"""Tests of the KuaiRand-like user simulator (trainer/sim/)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared.fusion import top_n_indices
 from tests.trainer.real_data import REAL_DIR, needs_real
-from trainer.simulator import (
+from trainer.sim import (
     TASKS,
     EvalResult,
     Observation,
@@ -22,7 +23,6 @@ from trainer.simulator import (
     UserSimulator,
     evaluate,
     sample_durations,
-    top_n_indices,
 )
 
 K = len(TASKS)
@@ -38,7 +38,7 @@ TARGET_RATES = {
 
 
 #: The synthetic KuaiRand fixture (same formats as the real files, 36 users, 50 videos).
-FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "kuairand"
+FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "kuairand"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,17 +56,17 @@ def sim() -> UserSimulator:
 
 def reasonable(state: np.ndarray, preds: np.ndarray) -> np.ndarray:
     """Predicted click + long view."""
-    return preds[..., 0] + preds[..., 1]
+    return preds[:, 0] + preds[:, 1]
 
 
 def satisfying(state: np.ndarray, preds: np.ndarray) -> np.ndarray:
     """Predicted long view plus the interaction signals."""
-    return preds[..., 1] + 5.0 * preds[..., 2] + 10.0 * preds[..., 3:].sum(axis=-1)
+    return preds[:, 1] + 5.0 * preds[:, 2] + 10.0 * preds[:, 3:].sum(axis=1)
 
 
 def random_ranker(seed: int):
     rng = np.random.default_rng(seed)
-    return lambda state, preds: rng.random(preds.shape[:2])
+    return lambda state, preds: rng.random((preds.shape[0], preds.shape[2]))
 
 
 def greedy_watch_time(sim: UserSimulator):
@@ -76,7 +76,7 @@ def greedy_watch_time(sim: UserSimulator):
         obs = sim._obs
         assert obs is not None
         ids = obs.item_ids[obs.active]
-        return preds[..., 0] * sim.item_durations[ids]
+        return preds[:, 0] * sim.item_durations[ids]
 
     return score
 
@@ -95,7 +95,7 @@ def test_observation_and_step_shapes(sim: UserSimulator) -> None:
     assert obs.state.shape == (16, sim.state_dim) and obs.state.dtype == np.float32
     assert sim.state_dim == len(sim.state_feature_names)
     assert 16 <= sim.state_dim <= 32
-    assert obs.predictions.shape == (16, cfg.n_candidates, K)
+    assert obs.predictions.shape == (16, K, cfg.n_candidates)
     assert obs.predictions.dtype == np.float32
     assert obs.item_ids.shape == (16, cfg.n_candidates) and obs.item_ids.dtype == np.int64
     assert obs.active.shape == (16,) and obs.active.dtype == bool and obs.active.all()
@@ -128,8 +128,8 @@ def test_candidates_distinct_per_request(sim: UserSimulator) -> None:
 
 
 def test_no_torch_import() -> None:
-    code = "import sys, trainer.simulator; assert 'torch' not in sys.modules"
-    root = Path(__file__).resolve().parents[2]
+    code = "import sys, trainer.sim; assert 'torch' not in sys.modules"
+    root = Path(__file__).resolve().parents[3]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 
@@ -139,7 +139,7 @@ def _trajectory(seed: int, steps: int = 15) -> list[np.ndarray]:
     obs = sim.reset(32, seed=seed)
     out = [obs.state, obs.predictions]
     for _ in range(steps):
-        res = sim.step_scores(obs.predictions[..., 1])
+        res = sim.step_scores(obs.predictions[:, 1])
         obs = res.observation
         out += [res.reward, res.signals, res.done, obs.state, obs.predictions, obs.item_ids]
     return out
@@ -304,7 +304,7 @@ def test_top_n_indices_tie_breaking() -> None:
 
 def test_step_scores_shows_top_n(sim: UserSimulator) -> None:
     obs = sim.reset(8, seed=9)
-    scores = obs.predictions[..., 1]
+    scores = obs.predictions[:, 1]
     res = sim.step_scores(scores)
     expected = np.take_along_axis(obs.item_ids, top_n_indices(scores, sim.config.top_n), axis=1)
     np.testing.assert_array_equal(res.shown_ids, expected)
@@ -331,8 +331,8 @@ def test_config_replace_and_validation() -> None:
         SimConfig(top_n=60, n_candidates=50)
     sim = UserSimulator(cfg.replace(n_candidates=20))
     obs = sim.reset(3, seed=0)
-    assert obs.predictions.shape == (3, 20, K)
-    assert sim.step_scores(obs.predictions[..., 0]).watch_time.shape == (3, 4)
+    assert obs.predictions.shape == (3, K, 20)
+    assert sim.step_scores(obs.predictions[:, 0]).watch_time.shape == (3, 4)
 
 
 # ------------------------------------------------------------------ populations and data_dir
@@ -356,7 +356,7 @@ def test_data_dir_config_values(tmp_path: Path, caplog: pytest.LogCaptureFixture
     world.write_text(json.dumps({"data_dir": str(FIXTURE_DIR), "n_candidates": 20}))
     assert SimConfig.from_file(world).data_dir == str(FIXTURE_DIR)
     # a folder without the two feature files: the synthetic population, with a warning
-    with caplog.at_level(logging.WARNING, logger="trainer.simulator"):
+    with caplog.at_level(logging.WARNING, logger="trainer.sim.population"):
         fallback = UserSimulator(SimConfig(data_dir=str(tmp_path / "absent")))
     assert fallback.population == "synthetic"
     assert "absent" in caplog.text
@@ -374,7 +374,7 @@ def fixture_sim() -> UserSimulator:
 
 
 def test_fixture_population_uses_the_tables(fixture_sim: UserSimulator) -> None:
-    from trainer.kuairand import load_user_features, load_video_features
+    from trainer.sim.kuairand import load_user_features, load_video_features
 
     sim = fixture_sim
     users = load_user_features(FIXTURE_DIR / "user_features_pure.csv")
@@ -398,7 +398,7 @@ def test_fixture_population_uses_the_tables(fixture_sim: UserSimulator) -> None:
     for uid in np.unique(ids):
         rows = profile[ids == uid]
         np.testing.assert_array_equal(rows, np.broadcast_to(rows[0], rows.shape))
-    res = sim.step_scores(obs.predictions[..., 0] + obs.predictions[..., 1])
+    res = sim.step_scores(obs.predictions[:, 0] + obs.predictions[:, 1])
     assert res.signals.shape == (64, sim.config.top_n, K)
     assert np.all(np.isfinite(res.observation.state))
 
@@ -409,7 +409,7 @@ def test_fixture_population_deterministic() -> None:
         obs = sim.reset(16, seed=3)
         out = [obs.state, sim.user_ids()]
         for _ in range(5):
-            res = sim.step_scores(obs.predictions[..., 1])
+            res = sim.step_scores(obs.predictions[:, 1])
             obs = res.observation
             out += [res.reward, res.signals, obs.state, sim.user_ids()]
         return out

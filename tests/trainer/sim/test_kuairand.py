@@ -1,4 +1,4 @@
-"""Tests of the KuaiRand loader (trainer/kuairand.py): synthetic fixture and real feature files."""
+"""Tests of the KuaiRand loader (trainer/sim/kuairand*.py): synthetic fixture and real files."""
 
 from __future__ import annotations
 
@@ -10,25 +10,27 @@ import numpy as np
 import pytest
 
 from tests.trainer.real_data import REAL_DIR, needs_real
-from trainer.kuairand import (
+from trainer.sim.kuairand import (
     ACTIVE_DEGREES,
-    COOCCURRENCE_ORDER,
-    FEEDBACKS,
-    LOG_COLUMNS,
     ONEHOT_COLUMNS,
     RANGE_LEVELS,
     USER_COLUMNS,
     VIDEO_COLUMNS,
     KuaiRandFormatError,
-    build_sessions,
     find_data_dir,
     load_user_features,
     load_video_features,
+)
+from trainer.sim.kuairand_logs import (
+    COOCCURRENCE_ORDER,
+    FEEDBACKS,
+    LOG_COLUMNS,
+    build_sessions,
     log_statistics,
     read_log,
 )
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "kuairand"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "kuairand"
 USERS = FIXTURE / "user_features_pure.csv"
 VIDEOS = FIXTURE / "video_features_basic_pure.csv"
 LOGS = [FIXTURE / "log_standard_pure.csv", FIXTURE / "log_random_pure.csv"]

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer import losses
 from trainer.tsh import TSHAgent
 
 _GRID = 101
@@ -38,7 +39,7 @@ def mfc_curves(
 ) -> tuple[np.ndarray, np.ndarray]:
     """x (G,) over the task's range and the MFC output (S, G) for each state."""
     spec = agent.tasks[task]
-    x = np.linspace(spec.low, spec.high, grid, dtype=np.float32)
+    x = losses.probe_grid(agent.tasks, grid)[task]
     k = len(agent.tasks)
     preds = np.full((len(states), k, grid), 0.5 * (spec.low + spec.high), np.float32)
     preds[:, task, :] = x
@@ -63,12 +64,12 @@ def simulator_states(
     sim_config: dict[str, Any], n: int, seed: int = 0, steps: int = 3
 ) -> np.ndarray:
     """States of ``n`` simulated users a few requests into their sessions (plain-sum ranking)."""
-    from trainer.simulator import SimConfig, UserSimulator
+    from trainer.sim import SimConfig, UserSimulator
 
     sim = UserSimulator(SimConfig().replace(**sim_config))
     obs = sim.reset(n, seed=10_000 + seed, auto_reset=True)
     for _ in range(steps):
-        obs = sim.step_scores(obs.predictions.sum(axis=2)).observation
+        obs = sim.step_scores(obs.predictions.sum(axis=1)).observation
     return obs.state
 
 

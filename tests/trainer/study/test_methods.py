@@ -10,20 +10,15 @@ import pytest
 import torch
 
 from shared.tasks import make_tasks
-from trainer.baselines import (
-    FORMULAS,
-    CEMConfig,
-    MyopicMFCLearner,
-    TD3Agent,
-    TD3Config,
-    cem_optimize,
-    formula_scores,
-    outer_formula_scores,
-)
 from trainer.config import TSHConfig
+from trainer.losses import violation_rate
 from trainer.replay import ReplayBuffer
-from trainer.simulator import SimConfig, UserSimulator
-from trainer.tsh import TSHAgent, violation_rate
+from trainer.sim import SimConfig, UserSimulator
+from trainer.study.methods.cem import CEMConfig, cem_optimize
+from trainer.study.methods.formulas import FORMULAS, formula_scores, outer_formula_scores
+from trainer.study.methods.myopic import MyopicMFCLearner
+from trainer.study.methods.td3 import TD3Agent, TD3Config
+from trainer.tsh import TSHAgent
 
 SMALL = TSHConfig(hidden=32, batch_size=64, inner_batch_size=16)
 D, K = 5, 3
@@ -169,7 +164,7 @@ def test_myopic_learner_labels_the_shown_items_with_their_watch_time() -> None:
     agent = TSHAgent(tasks, sim.state_dim, SMALL, seed=0, fit_neutral=False)
     learner = MyopicMFCLearner(agent, capacity=64, max_candidates=8, top_n=3, seed=0)
     obs = sim.reset(4, seed=0)
-    preds = obs.predictions.transpose(0, 2, 1)
+    preds = obs.predictions
     res = sim.step_scores(learner.act(obs.state, preds, explore=True))
     learner.record(obs, preds, res)
     assert learner.size == 4 and learner.mask[:4].all()

@@ -24,17 +24,12 @@ import numpy as np
 import redis
 from redis.exceptions import ResponseError
 
-from shared.events import EventDecodeError, RankEvent, decode
+from shared.events import DEFAULT_STREAM, EventDecodeError, RankEvent, decode
 from shared.manifest import read_current
 from trainer.export import ExportResult, export_version, load_agent
-from trainer.joiner import (
-    RewardConfig,
-    SessionJoiner,
-    Transition,
-    decode_transition,
-    encode_transition,
-)
 from trainer.replay import ReplayBuffer
+from trainer.stream.codec import Transition, decode_transition, encode_transition
+from trainer.stream.joiner import RewardConfig, SessionJoiner
 from trainer.tsh import TSHAgent
 
 log = logging.getLogger(__name__)
@@ -43,7 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ConsumeConfig:
     redis_url: str
-    stream: str = "xmtf:events"
+    stream: str = DEFAULT_STREAM
     group: str = "xmtf-trainer"
     consumer: str = "trainer-1"
     read_count: int = 500
@@ -134,7 +129,7 @@ class StreamTrainer:
     def _read(self, start: str = ">") -> list[tuple[str, dict[bytes, bytes]]]:
         """New entries (``start=">"``) or this consumer's pending entries after ``start``."""
         cfg = self.config
-        reply = self.redis.xreadgroup(
+        reply: Any = self.redis.xreadgroup(
             cfg.group,
             cfg.consumer,
             {cfg.stream: start},
@@ -220,7 +215,7 @@ class StreamTrainer:
         body = {b"entry_id": entry_id.encode(), b"reason": reason.encode()[:1000]}
         body |= {b"orig_" + k: v for k, v in fields.items() if isinstance(k, bytes)}
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(cfg.dead_letter_stream, body, maxlen=100_000, approximate=True)
+        pipe.xadd(cfg.dead_letter_stream, body, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
         pipe.xack(cfg.stream, cfg.group, entry_id)
         pipe.execute()
         self.stats.dead_letters += 1
@@ -300,7 +295,7 @@ class StreamTrainer:
     def restore_replay(self) -> int:
         """Reload the newest ``replay_capacity`` transitions from the replay stream."""
         cfg = self.config
-        entries = self.redis.xrevrange(cfg.transitions_stream, count=cfg.replay_capacity)
+        entries: Any = self.redis.xrevrange(cfg.transitions_stream, count=cfg.replay_capacity)
         restored = []
         for entry_id, fields in reversed(entries):
             try:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from shared.events import FeedbackEvent, FeedbackItemEvent, RankEvent, SessionEndEvent
-from trainer.joiner import RewardConfig, SessionJoiner, Transition
+from trainer.stream.codec import Transition
+from trainer.stream.joiner import RewardConfig, SessionJoiner
 
 TASKS = ("click", "like")
 SID = "s1"

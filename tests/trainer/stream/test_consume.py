@@ -12,7 +12,7 @@ import redis
 from shared import events as ev
 from shared.manifest import read_current, read_manifest
 from tests.conftest import RedisServer
-from trainer.consume import ConsumeConfig, StreamTrainer
+from trainer.stream.consume import ConsumeConfig, StreamTrainer
 
 TASKS = ("click", "like", "skip")
 STREAM = "test:events"

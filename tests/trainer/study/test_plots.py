@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from trainer import cli
-from trainer.paper import PaperConfig, run_paper
+from trainer.study.config import PaperConfig
+from trainer.study.run import run_paper
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

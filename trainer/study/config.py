@@ -1,0 +1,106 @@
+"""The study's configuration: the world, the learners' hyper-parameters and budgets, the seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.config import TSHConfig, from_dict, load_json, to_dict
+from trainer.loop import TrainConfig
+from trainer.sim import SimConfig
+from trainer.study.methods.cem import CEMConfig
+from trainer.study.methods.formulas import FormulaConfig
+from trainer.study.methods.td3 import TD3Config
+from trainer.study.registry import METHOD_BY_KEY, METHODS
+
+
+@dataclass(frozen=True)
+class PaperConfig:
+    sim: SimConfig = field(default_factory=SimConfig)
+    tsh: TSHConfig = field(default_factory=TSHConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            total_steps=400, updates_per_step=4, eval_every=0, eval_sessions=2000
+        )
+    )
+    cem: CEMConfig = field(default_factory=CEMConfig)
+    td3: TD3Config = field(default_factory=TD3Config)
+    formula: FormulaConfig = field(default_factory=FormulaConfig)
+    trials: int = 5
+    methods: tuple[str, ...] = tuple(m.key for m in METHODS if m.table != 5)
+    log_every: int = 10  # training-curve resolution, in collection steps
+    quick: bool = False
+    # torch intra-op threads. 1 by default: these networks are small, and on a busy 2-core
+    # machine two threads per process thrash (10x and worse slow-downs were measured).
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ValueError("trials must be >= 1")
+        if self.torch_threads < 1:
+            raise ValueError("torch_threads must be >= 1")
+        unknown = [m for m in self.methods if m not in METHOD_BY_KEY]
+        if unknown:
+            raise ValueError(
+                f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHOD_BY_KEY)}"
+            )
+
+    @classmethod
+    def quick_config(cls, trials: int = 2) -> PaperConfig:
+        """Tiny budgets: every method end to end in seconds (tests, smoke runs)."""
+        return cls(
+            sim=SimConfig(n_candidates=20, max_steps=8, n_items=500),
+            tsh=TSHConfig(hidden=32, batch_size=64, inner_batch_size=16, neutral_fit_steps=10),
+            train=TrainConfig(
+                n_users=32,
+                total_steps=6,
+                learning_starts=64,
+                updates_per_step=2,
+                replay_capacity=4096,
+                replay_candidates=16,
+                eval_every=0,
+                eval_sessions=40,
+            ),
+            cem=CEMConfig(iterations=2, population=4, sessions=16),
+            trials=trials,
+            log_every=2,
+            quick=True,
+        )
+
+    def with_overrides(self, path: Path) -> PaperConfig:
+        """Apply a JSON file with optional sections sim, tsh, train, cem, td3, formula."""
+        data = load_json(path)
+        sections = {"sim", "tsh", "train", "cem", "td3", "formula"}
+        unknown = sorted(set(data) - sections)
+        if unknown:
+            raise ValueError(f"unknown config section(s): {', '.join(unknown)}")
+        changes: dict[str, Any] = {}
+        if "sim" in data:
+            changes["sim"] = self.sim.replace(**data["sim"])
+        for name, cls in (
+            ("tsh", TSHConfig),
+            ("train", TrainConfig),
+            ("cem", CEMConfig),
+            ("td3", TD3Config),
+            ("formula", FormulaConfig),
+        ):
+            if name in data:
+                merged = {**to_dict(getattr(self, name)), **data[name]}
+                changes[name] = from_dict(cls, merged)
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sim": to_dict(self.sim),
+            "tsh": to_dict(self.tsh),
+            "train": to_dict(self.train),
+            "cem": to_dict(self.cem),
+            "td3": to_dict(self.td3),
+            "formula": to_dict(self.formula),
+            "trials": self.trials,
+            "methods": list(self.methods),
+            "quick": self.quick,
+            "torch_threads": self.torch_threads,
+        }

@@ -1,0 +1,236 @@
+"""The whole study: every method x seed (in parallel workers), assembled into paper.json."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from trainer.study.budget import estimate_seconds
+from trainer.study.config import PaperConfig
+from trainer.study.registry import METHOD_BY_KEY, METHODS, Method
+from trainer.study.report import render_tables, verdict, write_markdown
+from trainer.study.runner import Runner, Trial
+
+
+def summarise(trials: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean and sample std (ddof=1; 0 with one seed) over seeds."""
+    out: dict[str, float] = {"n_seeds": float(len(trials))}
+    for key in ("return_mean", "length_mean", "seconds", "mono_violation"):
+        values = [t[key] for t in trials if t.get(key) is not None]
+        if not values:
+            continue
+        arr = np.asarray(values, np.float64)
+        name = key.removesuffix("_mean")
+        out[f"{name}_mean"] = float(arr.mean())
+        out[f"{name}_std"] = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return out
+
+
+def run_paper(
+    config: PaperConfig,
+    out: Path,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    jobs: int = 1,
+    merge: bool = False,
+) -> dict[str, Any]:
+    """Train and evaluate every method ``config.trials`` times; write paper.json/paper.md.
+
+    ``jobs`` > 1 runs (method, seed) pairs in that many worker processes (each with
+    ``config.torch_threads`` torch threads). Every run reseeds its simulator, networks and
+    replay from its seed, so the results do not depend on ``jobs`` or on the order of runs.
+
+    ``merge`` adds the methods run now to an existing ``out/paper.json`` of the same study (same
+    configuration but for the method list, same plain-sum result), replacing their old entries:
+    one more method does not need the whole study again."""
+    if jobs < 1:
+        raise ValueError("jobs must be >= 1")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.torch_threads)
+    try:
+        prior = _prior_study(config, out) if merge else None
+        return _run_paper(config, out, progress, echo, jobs, prior)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+class StudyMismatch(ValueError):
+    """``merge`` asked for a study that is absent or was run with another configuration."""
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "methods"}
+
+
+def _prior_study(config: PaperConfig, out: Path) -> dict[str, Any]:
+    path = out / "paper.json"
+    if not path.is_file():
+        raise StudyMismatch(f"nothing to merge into: {path} does not exist")
+    prior: dict[str, Any] = json.loads(path.read_text())
+    mine, theirs = _comparable(config.as_dict()), _comparable(prior["config"])
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if differ:
+        raise StudyMismatch(
+            f"cannot merge into {path}: its configuration differs in {', '.join(differ)}"
+        )
+    return prior
+
+
+def _run_paper(
+    config: PaperConfig,
+    out: Path,
+    progress: bool,
+    echo: Callable[[str], None],
+    n_jobs: int,
+    prior: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    torch_threads = torch.get_num_threads()
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    runner = Runner(config, progress=progress)
+    methods = [METHOD_BY_KEY[k] for k in config.methods]
+
+    t = time.perf_counter()
+    estimates = estimate_seconds(runner, methods)
+    probe_s = time.perf_counter() - t
+    plain = runner.plain_sum()
+    projected = sum(estimates.values()) * config.trials
+    echo(
+        f"paper: {len(methods)} methods x {config.trials} seeds, {n_jobs} job(s); projected "
+        f"{projected / 60 / n_jobs:.1f} min (probe {probe_s:.1f} s; per seed: "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in estimates.items())
+        + ")"
+    )
+
+    results: dict[str, Any] = {}
+    jobs = [(m, s) for m in methods for s in range(config.trials)]
+
+    def checkpoint_of(method: Method, seed: int) -> Path | None:
+        if seed != 0:
+            return None
+        return ckpt_dir / f"{method.key}{'.json' if method.kind == 'cem' else '.safetensors'}"
+
+    trials: dict[tuple[str, int], Trial] = {}
+    bar = tqdm(total=len(jobs), desc="paper", disable=not progress, unit="run")
+    spent = estimated = 0.0  # of the finished runs: the probe's error so far rescales the rest
+    for method, seed, trial in _execute(runner, jobs, checkpoint_of, jobs_n=n_jobs):
+        trials[(method.key, seed)] = trial
+        spent += trial.seconds
+        estimated += estimates[method.key]
+        left = sum(estimates[m.key] for m, s in jobs if (m.key, s) not in trials)
+        scale = spent / estimated if estimated > 0 else 1.0
+        bar.set_postfix_str(
+            f"{method.key} seed {seed} done, ~{left * scale / 60 / n_jobs:.0f} min left"
+        )
+        bar.update()
+    bar.close()
+    for method, seed in jobs:  # assemble in a fixed order, whatever order the runs finished in
+        first_ckpt = checkpoint_of(method, 0)  # seed 0's model is the one kept
+        assert first_ckpt is not None
+        entry = results.setdefault(
+            method.key,
+            {
+                "label": method.label,
+                "kind": method.kind,
+                "table": method.table,
+                "formula": method.formula,
+                "tsh_overrides": dict(method.tsh),
+                "projected_seconds_per_seed": estimates[method.key],
+                "checkpoint": str(first_ckpt.relative_to(out)),
+                "trials": [],
+            },
+        )
+        entry["trials"].append(trials[(method.key, seed)].as_dict())
+        entry["summary"] = summarise(entry["trials"])
+
+    seconds = time.perf_counter() - t_start
+    meta = {
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seconds": seconds,
+        "projected_seconds": projected,
+        "probe_seconds": probe_s,
+        "torch_threads": torch_threads,
+        "jobs": n_jobs,
+        "machine": platform.platform(),
+        "seeds": list(range(config.trials)),
+        "world_seed": config.sim.seed,
+        "population": runner.train_sim.population,
+        "eval_seed": config.train.eval_seed,
+        "eval_sessions": config.train.eval_sessions,
+    }
+    report: dict[str, Any] = {
+        "meta": meta,
+        "config": config.as_dict(),
+        "plain_sum": plain,
+        "methods": results,
+    }
+    if prior is not None:
+        if prior["plain_sum"] != plain:
+            raise RuntimeError("the plain sum changed since the merged study: not the same world")
+        merged = {k: v for k, v in prior["methods"].items() if k not in results} | results
+        keys = [m.key for m in METHODS if m.key in merged]
+        report = prior | {"methods": {k: merged[k] for k in keys}}
+        report["config"] = prior["config"] | {"methods": keys}
+        report["meta"] = prior["meta"] | {
+            "merged": [*prior["meta"].get("merged", []), {**meta, "methods": list(results)}]
+        }
+    report["verdict"] = verdict(report)
+    (out / "paper.json").write_text(json.dumps(report, indent=2))
+    write_markdown(report, out)
+    echo(render_tables(report))
+    echo(
+        f"paper: done in {seconds / 60:.1f} min (projected {projected / 60 / n_jobs:.1f} min); "
+        f"wrote {out / 'paper.md'}"
+    )
+    return report
+
+
+# ------------------------------------------------------------------------------ parallel runs
+
+_WORKER_RUNNER: Runner | None = None
+
+
+def _worker_init(config: PaperConfig) -> None:
+    global _WORKER_RUNNER
+    torch.set_num_threads(config.torch_threads)
+    _WORKER_RUNNER = Runner(config)
+
+
+def _worker_run(key: str, seed: int, checkpoint: Path | None) -> Trial:
+    assert _WORKER_RUNNER is not None
+    return _WORKER_RUNNER.run(METHOD_BY_KEY[key], seed, checkpoint)
+
+
+def _execute(
+    runner: Runner,
+    jobs: Sequence[tuple[Method, int]],
+    checkpoint_of: Callable[[Method, int], Path | None],
+    jobs_n: int,
+) -> Iterator[tuple[Method, int, Trial]]:
+    """Run every (method, seed), in this process or in ``jobs_n`` spawned workers; yields as
+    runs finish. The longest projected runs are not reordered: the list is already grouped
+    by method, and worker start-up is a few seconds against minutes of work."""
+    if jobs_n == 1:
+        for method, seed in jobs:
+            yield method, seed, runner.run(method, seed, checkpoint_of(method, seed))
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
+    with ProcessPoolExecutor(
+        jobs_n, mp_context=ctx, initializer=_worker_init, initargs=(runner.config,)
+    ) as pool:
+        futures = {pool.submit(_worker_run, m.key, s, checkpoint_of(m, s)): (m, s) for m, s in jobs}
+        for future in as_completed(futures):
+            method, seed = futures[future]
+            yield method, seed, future.result()
