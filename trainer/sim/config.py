@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: The real-user folds of ``SimConfig.user_fold`` ("" = every user).
+USER_FOLDS = ("", "train", "validation", "evaluation")
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -76,6 +79,14 @@ class SimConfig:
     q_regret: float = 2.0
     q_fatigue: float = 0.1
     fatigue_decay: float = 0.7
+    # heterogeneity dose d of the world family (results/worlds.md): per-user satisfaction
+    # utilities driven by two hidden tastes z = latent . proj[:2] (visible, noisily, as
+    # profile_latent0/1). Regret weight q_regret + d het_regret z_0 (negative: short clicks
+    # please the user); interaction weights x max(0, 1 + d het_social z_1), long-view weight
+    # x max(0, 1 - d het_social z_1 / 2). d = 0 is the base world, bit for bit.
+    heterogeneity: float = 0.0
+    het_regret: float = 3.0
+    het_social: float = 1.0
     # state
     ema_decay: float = 0.7
     seconds_per_item_overhead: float = 2.0
@@ -83,6 +94,9 @@ class SimConfig:
     # None: $XMTF_KUAIRAND_DIR if set, else synthetic; "": synthetic; a folder without the two
     # files: synthetic, with a warning. See ``resolve_data_dir``.
     data_dir: str | None = None
+    # real users only: "" draws from every user; "train" / "validation" / "evaluation" from a
+    # disjoint 60 / 20 / 20 % split by a hash of the real user_id (see trainer.sim.population)
+    user_fold: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.data_dir, os.PathLike):
@@ -108,6 +122,14 @@ class SimConfig:
             raise ValueError("base_exit_prob must be in [0, 1)")
         if not 0 <= self.profile_latent_dims <= self.latent_dim:
             raise ValueError("profile_latent_dims must be in [0, latent_dim]")
+        if self.user_fold not in USER_FOLDS:
+            raise ValueError(f"user_fold must be one of {USER_FOLDS}, got {self.user_fold!r}")
+        if self.heterogeneity < 0:
+            raise ValueError("heterogeneity must be >= 0")
+        if self.heterogeneity > 0 and self.profile_latent_dims < 2:
+            raise ValueError(
+                "heterogeneity > 0 needs profile_latent_dims >= 2 (the visible tastes)"
+            )
 
     @classmethod
     def from_file(cls, path: str | Path) -> SimConfig:
@@ -129,6 +151,10 @@ class SimConfig:
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:
     """Check and convert a JSON value to the field's scalar type."""
+    if key == "user_fold":
+        if not isinstance(value, str):
+            raise ValueError(f"SimConfig.user_fold must be a string, got {value!r}")
+        return value
     if key == "data_dir":
         if value is None or isinstance(value, str):
             return value

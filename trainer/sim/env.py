@@ -75,6 +75,7 @@ against retention accordingly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -85,6 +86,7 @@ from shared.tasks import DEFAULT_TASK_NAMES, TaskSpec, calibrate_tasks, make_tas
 from trainer.sim.config import SimConfig
 from trainer.sim.items import make_items, make_real_items, unit
 from trainer.sim.population import (
+    fold_rows,
     load_kuairand_tables,
     make_population,
     resolve_data_dir,
@@ -184,6 +186,9 @@ class UserSimulator:
             if tables is not None
             else None
         )
+        if self._population is not None and self.config.user_fold:
+            pool = fold_rows(self._population.user_id, self.config.user_fold)
+            self._population = dataclasses.replace(self._population, pool=pool)
         self.n_items = len(self.items.duration)
         self.n_categories = int(self.items.category.max()) + 1
         if self.config.n_candidates > self.n_items:
@@ -379,16 +384,40 @@ class UserSimulator:
         cfg = self.config
         s = signals.astype(np.float32)
         regret = s[..., 0] * (1.0 - s[..., 1])
-        item_q = (
-            cfg.q_long_view * s[..., 1]
-            + cfg.q_like * s[..., 2]
-            + cfg.q_follow_comment_share * s[..., 3:].sum(axis=2)
-            - cfg.q_regret * regret
-            - cfg.q_fatigue * repeat
-        )
+        if cfg.heterogeneity > 0:
+            item_q = self._heterogeneous_quality(users, s, regret, repeat)
+        else:
+            item_q = (
+                cfg.q_long_view * s[..., 1]
+                + cfg.q_like * s[..., 2]
+                + cfg.q_follow_comment_share * s[..., 3:].sum(axis=2)
+                - cfg.q_regret * regret
+                - cfg.q_fatigue * repeat
+            )
         quality = cfg.q_base + item_q.mean(axis=1)
         new_sat = cfg.sat_decay * users.sat + (1.0 - cfg.sat_decay) * quality
         users.sat = np.where(active, new_sat, users.sat)
+
+    def _heterogeneous_quality(
+        self, users: Users, s: np.ndarray, regret: np.ndarray, repeat: np.ndarray
+    ) -> np.ndarray:
+        """Per-item step quality with each user's own utilities (``SimConfig.heterogeneity``)."""
+        cfg, d = self.config, self.config.heterogeneity
+        z_regret, z_social = users.taste[:, 0:1], users.taste[:, 1:2]
+        regret_w = cfg.q_regret + d * cfg.het_regret * z_regret
+        social = np.maximum(0.0, 1.0 + d * cfg.het_social * z_social)
+        long_view = np.maximum(0.0, 1.0 - 0.5 * d * cfg.het_social * z_social)
+        return (
+            cfg.q_long_view * long_view * s[..., 1]
+            + social
+            * (cfg.q_like * s[..., 2] + cfg.q_follow_comment_share * s[..., 3:].sum(axis=2))
+            - regret_w * regret
+            - cfg.q_fatigue * repeat
+        )
+
+    def hidden_tastes(self) -> np.ndarray:
+        """(U, 2) each slot's hidden tastes (the oracle of ``make headroom``; not in the state)."""
+        return self._require_users().taste.copy()
 
     def _update_recent(
         self,

@@ -4,6 +4,7 @@ drawn per session in :mod:`trainer.sim.users`)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -89,6 +90,21 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / max(float(x.std()), 1e-9)
 
 
+#: Shares of the real users in the train / validation / evaluation folds.
+FOLD_SHARES = {"train": (0.0, 0.6), "validation": (0.6, 0.8), "evaluation": (0.8, 1.0)}
+
+
+def fold_rows(user_id: np.ndarray, fold: str) -> np.ndarray:
+    """Rows of the users in ``fold`` (every row for ""), by a stable hash of the user id: the
+    folds are disjoint and do not depend on the world seed."""
+    if fold == "":
+        return np.arange(len(user_id))
+    lo, hi = FOLD_SHARES[fold]
+    digest = [hashlib.blake2b(str(int(u)).encode(), digest_size=8).digest() for u in user_id]
+    frac = np.array([int.from_bytes(d, "big") for d in digest], np.float64) / 2.0**64
+    return np.flatnonzero((frac >= lo) & (frac < hi))
+
+
 @dataclass(frozen=True)
 class Population:
     """Fixed traits and visible profile of every real user (arrays over users)."""
@@ -98,6 +114,7 @@ class Population:
     activity: np.ndarray  # (P,) int64 in {0, 1, 2}
     traits: np.ndarray  # (P, 3) float64: interactivity, patience, bait sensitivity ~ N(0, 1)
     profile: np.ndarray  # (P, 6 + profile_latent_dims) float32 state profile features
+    pool: np.ndarray | None = None  # rows sessions draw from (SimConfig.user_fold); None: all
 
 
 def make_population(

@@ -23,6 +23,27 @@ PROFILE_FEATURES = (
 EMA_PRIOR = np.array([0.38, 0.26, 0.015, 0.005, 0.12, 0.5, 0.2], np.float32)
 
 
+#: Hidden tastes of the world family's heterogeneity (see ``SimConfig.heterogeneity``).
+N_TASTES = 2
+
+
+def tastes(latent: np.ndarray, proj: np.ndarray) -> np.ndarray:
+    """(m, 2) hidden tastes ``latent . t_j`` (each about N(0, 1), uncorrelated; zero where
+    ``proj`` has fewer rows). ``t_0 = proj[0]``; ``t_1`` is ``proj[1]`` made orthogonal to it
+    (same norm), so the state's ``profile_latent0/1`` (``0.8 latent . proj[j]`` plus noise for
+    synthetic users) show both tastes, noisily."""
+    out = np.zeros((len(latent), N_TASTES), np.float32)
+    k = min(N_TASTES, proj.shape[0])
+    directions = proj[:k].astype(np.float64).copy()
+    if k == 2:
+        norm = np.linalg.norm(directions[1])
+        first = directions[0] / np.linalg.norm(directions[0])
+        second = directions[1] - (directions[1] @ first) * first
+        directions[1] = second * norm / max(float(np.linalg.norm(second)), 1e-9)
+    out[:, :k] = latent @ directions.T
+    return out
+
+
 class Users:
     """Per-slot user traits and session state, all arrays with a leading user axis."""
 
@@ -38,6 +59,7 @@ class Users:
         self.threshold = np.zeros(n, np.float32)
         self.bait_sens = np.zeros(n, np.float32)
         self.profile = np.zeros((n, len(PROFILE_FEATURES) + p), np.float32)
+        self.taste = np.zeros((n, N_TASTES), np.float32)
         self.sat = np.zeros(n, np.float64)
         self.step = np.zeros(n, np.int64)
         self.tod = np.zeros(n, np.float64)
@@ -64,11 +86,15 @@ class Users:
             visible = np.concatenate([0.8 * traits, latent @ proj.T * 0.8], axis=1) + noise
             profile = np.concatenate([one_hot, visible], axis=1)
         else:
-            who = rng.integers(0, len(pop.user_id), size=m)
+            if pop.pool is None:
+                who = rng.integers(0, len(pop.user_id), size=m)
+            else:
+                who = pop.pool[rng.integers(0, len(pop.pool), size=m)]
             latent, activity, traits = pop.latent[who], pop.activity[who], pop.traits[who]
             profile = pop.profile[who]
             self.user_id[rows] = pop.user_id[who]
         self.latent[rows] = latent
+        self.taste[rows] = tastes(latent, proj)
         self.activity[rows] = activity
         self.interact[rows] = config.user_interact_std * traits[:, 0]
         self.threshold[rows] = config.exit_threshold - config.patience_std * traits[:, 1]
