@@ -43,6 +43,12 @@ paper: install
 		--methods xmtf_no_action_l2,xmtf_soft
 	$(BIN)/xmtf-train plot --run results --out results/figures
 
+## headroom: personalisation headroom of the world family, no learner -> results/headroom.md
+HEADROOM_JOBS ?= 1
+.PHONY: headroom
+headroom: install
+	$(BIN)/xmtf-train headroom --out results --jobs $(HEADROOM_JOBS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -110,6 +110,18 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "jobs", 1, type=_positive_int, help="runs in parallel processes (default 1)")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser(
+        "headroom", help="personalisation headroom of the world family, without any learner"
+    )
+    _add(p, "out", "results", type=Path)
+    p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run in seconds")
+    _add(p, "doses", None, help="comma-separated heterogeneity doses d (default 0,0.25,0.5,1)")
+    _add(p, "world-seed", None, type=int, help="world seed (default 101, a held-out world)")
+    _add(p, "seeds", None, type=_positive_int, help="CEM seeds per policy (default 1)")
+    _add(p, "eval-sessions", None, type=_positive_int, help="evaluation users (default 10000)")
+    _add(p, "data-dir", None, help="a KuaiRand-Pure folder: real users (disjoint folds)")
+    _add(p, "jobs", 1, type=_positive_int, help="fits in parallel processes (default 1)")
+
     p = sub.add_parser("plot", help="MFC figures (paper Figs. 5-7) and training curves as PNG")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", type=Path, help="one xMTF checkpoint (Figs. 5 and 6 only)")
@@ -298,6 +310,40 @@ def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_headroom(args: argparse.Namespace) -> dict[str, Any]:
+    import dataclasses
+
+    from trainer.study.headroom import HeadroomConfig, run_headroom
+
+    try:
+        config = HeadroomConfig.quick_config() if args.quick else HeadroomConfig()
+        sim = config.sim
+        if args.world_seed is not None:
+            sim = sim.replace(seed=int(args.world_seed))
+        if args.data_dir:
+            sim = sim.replace(data_dir=str(args.data_dir))
+        changes: dict[str, Any] = {"sim": sim}
+        if args.doses:
+            changes["doses"] = tuple(float(d) for d in str(args.doses).split(",") if d.strip())
+        if args.seeds:
+            changes["seeds"] = int(args.seeds)
+        if args.eval_sessions:
+            changes["eval_sessions"] = int(args.eval_sessions)
+        config = dataclasses.replace(config, **changes)
+        if any(d < 0 for d in config.doses):
+            raise ValueError("--doses must be >= 0")
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"--doses/--world-seed: {exc}") from exc
+    report = run_headroom(
+        config, Path(args.out), jobs=int(args.jobs), echo=lambda s: print(s, file=sys.stderr)
+    )
+    return {
+        "out": str(args.out),
+        "headroom": {str(r["dose"]): r["headroom"] for r in report["doses"]},
+        "seconds": round(report["meta"]["seconds"], 1),
+    }
+
+
 def cmd_plot(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.study.plots import plot_checkpoint, plot_run
 
@@ -320,6 +366,7 @@ COMMANDS = {
     "simulate": cmd_simulate,
     "export": cmd_export,
     "paper": cmd_paper,
+    "headroom": cmd_headroom,
     "plot": cmd_plot,
 }
 

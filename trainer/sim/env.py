@@ -201,6 +201,8 @@ class UserSimulator:
         self._cand: _Candidates | None = None
         self._obs: Observation | None = None
         self._auto_reset = True
+        #: Requests answered so far (one per active user per step): the study's budget counter.
+        self.requests_served = 0
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -276,6 +278,7 @@ class UserSimulator:
         users, cand = self._require_users(), self._require_cand()
         shown = self._check_shown(shown, users.active)
         active = users.active.copy()
+        self.requests_served += int(active.sum())
         ids = np.take_along_axis(cand.ids, shown, axis=1)
         signals = self._sample_signals(cand, shown, active)
         durations = self.items.duration[ids] * active[:, None]
@@ -415,9 +418,11 @@ class UserSimulator:
             - cfg.q_fatigue * repeat
         )
 
-    def hidden_tastes(self) -> np.ndarray:
-        """(U, 2) each slot's hidden tastes (the oracle of ``make headroom``; not in the state)."""
-        return self._require_users().taste.copy()
+    def hidden_tastes(self, active_only: bool = False) -> np.ndarray:
+        """(U, 2) each slot's hidden tastes (the oracle of ``make headroom``; not in the state);
+        ``active_only``: the rows of the current observation's active users, in order."""
+        users = self._require_users()
+        return users.taste[users.active].copy() if active_only else users.taste.copy()
 
     def _update_recent(
         self,

@@ -43,12 +43,14 @@ def cem_optimize(
     init_mean: np.ndarray | None = None,
     progress: bool = False,
     desc: str = "cem",
+    init_std: np.ndarray | None = None,
 ) -> CEMResult:
     """Maximise ``objective(candidates (P, dim), iteration) -> values (P,)`` with the
     cross-entropy method: sample a diagonal Gaussian (clipped to [low, high]), keep the elite,
-    refit mean and std to it (std floored at ``min_std``)."""
+    refit mean and std to it (std floored at ``min_std``). ``init_std`` (per dimension)
+    overrides ``config.init_std``, e.g. for a search warm-started from a known solution."""
     mean = np.zeros(dim) if init_mean is None else np.asarray(init_mean, np.float64).copy()
-    std = np.full(dim, config.init_std)
+    std = np.full(dim, config.init_std) if init_std is None else np.asarray(init_std, np.float64)
     n_elite = max(1, round(config.elite_frac * config.population))
     history: list[dict[str, float]] = []
     bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
