@@ -40,7 +40,7 @@ PAPER_JOBS ?= 2
 paper: install
 	$(BIN)/xmtf-train paper --out results --jobs $(PAPER_JOBS)
 	$(BIN)/xmtf-train paper --out results/deviations --jobs $(PAPER_JOBS) \
-		--methods xmtf_no_action_l2,xmtf_soft
+		--methods xmtf_no_action_l2,xmtf_bpr
 	$(BIN)/xmtf-train plot --run results --out results/figures
 
 ## headroom: personalisation headroom of the world family, no learner -> results/headroom.md

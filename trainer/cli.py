@@ -228,6 +228,19 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
         "xmtf": summary["xmtf"],
         "seconds": round(result.seconds, 1),
     }
+    if result.selection:
+        sel = result.selection
+        out["selection"] = {
+            "selected_step": sel["selected_step"],
+            "kept_start": sel["kept_start"],
+            "val_gain": round(sel["val_gain"], 1),
+        }
+        if sel["kept_start"]:
+            print(
+                "guard: no checkpoint beat the untrained start on validation users; the start "
+                "is what is reported and published",
+                file=sys.stderr,
+            )
     if args.publish_to:
         exported = export_version(
             result.agent, args.publish_to, training={"source": "simulate", **summary["xmtf"]}

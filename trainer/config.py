@@ -11,6 +11,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+#: The inner stage's transfer losses (``TSHConfig.transfer``).
+TRANSFERS = ("soft", "bpr", "distill")
+
+
 @dataclass(frozen=True)
 class TSHConfig:
     """Hyper-parameters of the two-stage hybrid (TSH) learner."""
@@ -35,23 +39,34 @@ class TSHConfig:
     reward_scale: float = 0.01  # rewards (seconds of watch time) are multiplied by this
     grad_clip: float = 10.0
     neutral_fit_steps: int = 300  # supervised steps fitting the MFCs to the plain sum at init
-    # Transfer loss of the inner stage: "bpr" is eq. 16 (hard 0/1 pair labels, the paper's);
-    # "soft" (a documented deviation, see losses.soft_transfer_loss) uses the outer stage's score
-    # differences as soft labels so the inner stage does not drift into step functions.
-    transfer: str = "bpr"
+    # Transfer loss of the inner stage. "soft" (the default, a documented deviation; see
+    # losses.soft_transfer_loss) uses the outer stage's score differences as soft labels: its
+    # fixed point at a = 0 is the current inner stage, so with nothing to learn the fusion does
+    # not move. "bpr" is the paper's eq. 16 (hard 0/1 pair labels: no finite minimiser, the cells
+    # drift into steps even at a = 0; results/paper.md). "distill" is MSE of each q^I_k toward
+    # stop-grad q_k = q^I_k (1 + a_k q^I_k) (losses.distill_loss; fixed point at a = 0 too).
+    transfer: str = "soft"
     transfer_temperature: float = 1.0
     # Weight of an L2 penalty on the outer-stage action in the actor loss (-Q + rho * mean a^2),
     # as OpenAI Baselines' DDPG/HER ``action_l2``; not in the paper (0 turns it off). Without it
     # the actor ran to a bound and stayed there (see results/paper.md). TSHAgent.update_actor.
     action_l2: float = 1.0
+    # "step": fresh Gaussian noise on every request (the paper's); "session": one draw per
+    # session, held for all its requests, so a ~7 s one-step effect adds up over the session
+    # (the simulator loop knows sessions; the scorer explores per request).
+    exploration_noise: str = "step"
 
     def __post_init__(self) -> None:
         if not -0.5 < self.action_low < self.action_high:
             raise ValueError("need -0.5 < action_low < action_high")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError("lam must be in [0, 1]")
-        if self.transfer not in ("bpr", "soft"):
-            raise ValueError(f"transfer must be 'bpr' or 'soft', got {self.transfer!r}")
+        if self.transfer not in TRANSFERS:
+            raise ValueError(f"transfer must be one of {TRANSFERS}, got {self.transfer!r}")
+        if self.exploration_noise not in ("step", "session"):
+            raise ValueError(
+                f"exploration_noise must be 'step' or 'session', got {self.exploration_noise!r}"
+            )
         if not self.transfer_temperature > 0:
             raise ValueError("transfer_temperature must be > 0")
         if self.action_l2 < 0:

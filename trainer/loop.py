@@ -9,11 +9,12 @@ per concurrent simulated user (with exploration), stores the transitions, and le
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -42,6 +43,20 @@ class TrainConfig:
     eval_every: int = 100  # steps
     eval_sessions: int = 1000
     eval_seed: int = 12345
+    # checkpoint selection on validation users (trainer.selection): every `select_every` steps
+    # (0: off, the last iterate is kept), `val_sessions` users of seed `val_seed`
+    select_every: int = 50
+    val_sessions: int = 1000
+    val_seed: int = 20_000
+
+    def __post_init__(self) -> None:
+        if self.select_every < 0 or self.val_sessions < 1:
+            raise ValueError("select_every must be >= 0 and val_sessions >= 1")
+        if self.select_every and self.val_seed == self.eval_seed:
+            raise ValueError(
+                "TrainConfig.val_seed equals eval_seed: checkpoints would be chosen on the "
+                "evaluation users"
+            )
 
 
 class Learner(Protocol):
@@ -61,6 +76,14 @@ class Learner(Protocol):
 
     def save(self, path: Path) -> None: ...
 
+    def snapshot(self) -> Any:
+        """A copy of the model (for checkpoint selection)."""
+        ...
+
+    def restore(self, snapshot: Any) -> None:
+        """Put a :meth:`snapshot` back (the replay and the environment are untouched)."""
+        ...
+
 
 def policy_score_fn(agent: TSHAgent) -> ScoreFn:
     """Greedy (no exploration) xMTF ranking as a simulator ``score_fn``."""
@@ -78,20 +101,33 @@ def plain_sum_score(state: np.ndarray, predictions: np.ndarray) -> np.ndarray:
 
 
 class TSHLearner:
-    """xMTF (and its flag variants) behind the :class:`Learner` protocol."""
+    """xMTF (and its flag variants) behind the :class:`Learner` protocol.
+
+    With ``exploration_noise="session"`` every user slot keeps one noise draw for its whole
+    session and draws anew when its session ends (the loop's slots restart automatically).
+    """
 
     def __init__(self, agent: TSHAgent, replay: ReplayBuffer, batch_size: int) -> None:
         self.agent, self.replay, self.batch_size = agent, replay, batch_size
         self._action: np.ndarray | None = None
+        self._session_noise: np.ndarray | None = None
 
     def act(self, state: np.ndarray, preds: np.ndarray, explore: bool) -> np.ndarray:
         self.agent.observe(state)
-        self._action, _ = self.agent.act(state, explore=explore)
+        noise = None
+        if explore and self.agent.config.exploration_noise == "session":
+            if self._session_noise is None or len(self._session_noise) != len(state):
+                self._session_noise = self.agent.exploration_noise(len(state))
+            noise = self._session_noise
+        self._action, _ = self.agent.act(state, explore=explore, noise=noise)
         return self.agent.scores(state, preds, self._action)
 
     def record(self, obs: Observation, preds: np.ndarray, res: StepResult) -> None:
         assert self._action is not None
         self.replay.add(obs.state, self._action, res.reward, res.observation.state, res.done, preds)
+        if self._session_noise is not None and res.done.any():
+            ended = np.flatnonzero(res.done)
+            self._session_noise[ended] = self.agent.exploration_noise(len(ended))
 
     def ready(self, learning_starts: int) -> bool:
         return len(self.replay) >= learning_starts
@@ -104,6 +140,12 @@ class TSHLearner:
 
     def save(self, path: Path) -> None:
         self.agent.save(path)
+
+    def snapshot(self) -> Any:
+        return copy.deepcopy(self.agent)
+
+    def restore(self, snapshot: Any) -> None:
+        self.agent = snapshot
 
 
 def run_online(

@@ -92,6 +92,15 @@ def soft_transfer_loss(
     return _pair_mean(losses - entropy, _ordered_pairs(z_outer, mask))
 
 
+def distill_loss(q_outer: torch.Tensor, q_inner: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``TSHConfig.transfer="distill"``: mean squared error of every cell's ``q^I_k`` toward the
+    stop-gradient outer stage ``q_k = q^I_k (1 + a_k q^I_k)`` over the real candidates. Zero, with
+    zero gradient, at ``a = 0``: the inner stage only moves where the actor asks it to."""
+    m = mask.to(q_inner.dtype).unsqueeze(1)  # (B, 1, N)
+    err = (q_inner - q_outer.detach()).pow(2) * m
+    return err.sum() / (m.sum() * q_inner.shape[1]).clamp(min=1)
+
+
 def monotonicity_loss(
     predictions: torch.Tensor, q_inner: torch.Tensor, directions: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:

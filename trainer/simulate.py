@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import TSHConfig, from_dict, load_json, to_dict
-from trainer.loop import TrainConfig, TSHLearner, plain_sum_score, policy_score_fn, run_online
+from trainer.loop import TrainConfig, TSHLearner, plain_sum_score, run_online
 from trainer.replay import ReplayBuffer
-from trainer.sim import EvalResult, SimConfig, StepResult, UserSimulator, evaluate
+from trainer.selection import Selector
+from trainer.sim import SimConfig, StepResult, UserSimulator, evaluate
 from trainer.tsh import TSHAgent
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class TrainResult:
     final_eval: dict[str, float]
     baseline_eval: dict[str, float]
     seconds: float
+    #: what checkpoint selection decided (``trainer.selection.Selector.finish``); empty when off
+    selection: dict[str, Any] = field(default_factory=dict)
 
 
 def train_on_simulator(
@@ -62,22 +65,28 @@ def train_on_simulator(
     progress: bool = True,
     log_metrics: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train xMTF with TSH against the simulator and evaluate it against the plain sum."""
+    """Train xMTF with TSH against the simulator, keep the checkpoint that validation users
+    prefer (never one worse than the start: :mod:`trainer.selection`), and evaluate it on the
+    evaluation users against the plain sum."""
     t0 = time.perf_counter()
     tc = config.train
-    sim = UserSimulator(config.sim.replace(seed=tc.seed))
+    world = config.sim.replace(seed=tc.seed)
+    sim = UserSimulator(world)
     tasks = sim.task_specs()
     agent = TSHAgent(tasks, sim.state_dim, config.tsh, seed=tc.seed)
     replay = ReplayBuffer(
         tc.replay_capacity, sim.state_dim, len(tasks), tc.replay_candidates, seed=tc.seed
     )
+    learner = TSHLearner(agent, replay, config.tsh.batch_size)
     history: list[dict[str, float]] = []
-    eval_sim = UserSimulator(config.sim.replace(seed=tc.seed))  # same world, other users
+    eval_sim = UserSimulator(world)  # same world, other users
+    selector = None
+    if tc.select_every:
+        selector = Selector(UserSimulator(world), tc.val_sessions, tc.val_seed, tc.eval_seed)
+        selector.start(learner)
 
     def run_eval(step: int) -> dict[str, float]:
-        result: EvalResult = evaluate(
-            eval_sim, policy_score_fn(agent), tc.eval_sessions, tc.eval_seed
-        )
+        result = evaluate(eval_sim, learner.score_fn(), tc.eval_sessions, tc.eval_seed)
         summary = result.summary()
         row = {"step": float(step), **{f"eval_{k}": v for k, v in summary.items()}}
         history.append(row)
@@ -88,14 +97,26 @@ def train_on_simulator(
     def on_step(step: int, res: StepResult, metrics: dict[str, float]) -> None:
         if log_metrics and metrics and (step - 1) % 10 == 0:
             log_metrics({"step": float(step - 1), **metrics})
+        if selector is not None and step % tc.select_every == 0:
+            row = selector.consider(step, learner)
+            if log_metrics:
+                log_metrics(row)
         if tc.eval_every and step % tc.eval_every == 0 and step < tc.total_steps:
             run_eval(step)
 
     baseline = evaluate(eval_sim, plain_sum_score, tc.eval_sessions, tc.eval_seed).summary()
-    learner = TSHLearner(agent, replay, config.tsh.batch_size)
     run_online(sim, learner, tc, tc.seed, progress=progress, desc="simulate", on_step=on_step)
+    selection: dict[str, Any] = {}
+    if selector is not None:
+        selection = selector.finish(learner)
+        if selection["kept_start"]:
+            log.warning(
+                "no checkpoint beat the start on validation users: the start is kept (training "
+                "did not improve the fusion)"
+            )
     final = run_eval(tc.total_steps)
-    return TrainResult(agent, history, final, baseline, time.perf_counter() - t0)
+    assert isinstance(learner.agent, TSHAgent)
+    return TrainResult(learner.agent, history, final, baseline, time.perf_counter() - t0, selection)
 
 
 def write_outputs(result: TrainResult, config: SimulateConfig, out: Path) -> dict[str, Any]:
@@ -106,6 +127,7 @@ def write_outputs(result: TrainResult, config: SimulateConfig, out: Path) -> dic
         "updates": result.agent.updates,
         "plain_sum": result.baseline_eval,
         "xmtf": result.final_eval,
+        "selection": result.selection,
         "history": result.history,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -100,15 +100,25 @@ class TSHAgent:
         """Update the observation normaliser with collected states."""
         self.norm.update(to_tensor(states))
 
+    def exploration_noise(self, n: int) -> np.ndarray:
+        """(n, K) fresh Gaussian exploration noise (std ``exploration_scale`` x action range)."""
+        cfg = self.config
+        std = cfg.exploration_scale * (cfg.action_high - cfg.action_low)
+        return self.rng.normal(0.0, std, (n, len(self.tasks)))
+
     @torch.no_grad()
-    def act(self, states: np.ndarray, explore: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Actions (B, K) for raw states, and the exploration noise that was applied."""
+    def act(
+        self, states: np.ndarray, explore: bool, noise: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Actions (B, K) for raw states, and the exploration noise that was applied (``noise``
+        given: that noise, e.g. one held per session; otherwise a fresh draw)."""
         cfg = self.config
         mu = self.actor(self.norm(to_tensor(states))).numpy()
         if not explore or cfg.exploration_scale == 0:
             return mu, np.zeros_like(mu)
-        std = cfg.exploration_scale * (cfg.action_high - cfg.action_low)
-        action = np.clip(mu + self.rng.normal(0.0, std, mu.shape), cfg.action_low, cfg.action_high)
+        if noise is None:
+            noise = self.exploration_noise(len(mu))
+        action = np.clip(mu + noise, cfg.action_low, cfg.action_high)
         action = action.astype(np.float32)
         return action, action - mu
 
@@ -172,12 +182,14 @@ class TSHAgent:
         preds, mask = to_tensor(batch.predictions[:n]), torch.as_tensor(batch.mask[:n])
         q_inner = self.mfc(s, preds)
         with torch.no_grad():
-            z_outer = losses.fused_score(losses.outer_stage(q_inner, self.actor(s)))
-        z_inner = losses.fused_score(q_inner)
+            q_outer = losses.outer_stage(q_inner, self.actor(s))
+        z_outer, z_inner = losses.fused_score(q_outer), losses.fused_score(q_inner)
         if self.config.transfer == "soft":
             transfer = losses.soft_transfer_loss(
                 z_outer, z_inner, mask, self.config.transfer_temperature
             )
+        elif self.config.transfer == "distill":
+            transfer = losses.distill_loss(q_outer, q_inner, mask)
         else:
             transfer = losses.transfer_loss(z_outer, z_inner, mask)
         return self.inner_step(preds, q_inner, mask, transfer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -231,3 +232,38 @@ def test_soft_transfer_loss_is_zero_when_the_inner_scores_copy_the_outer_differe
     stretched = z_outer * 10.0  # same order, ten times the margins
     assert float(losses.soft_transfer_loss(z_outer, stretched, mask)) > 0.1
     assert float(losses.soft_transfer_loss(z_outer, -z_outer, mask)) > 0.5  # order reversed
+
+
+# ------------------------------------------------------------- fixed point at a = 0 (learner)
+def test_soft_and_distill_transfer_have_zero_gradient_at_a_zero() -> None:
+    """With the outer stage the identity (a = 0) the label is the inner stage itself: neither
+    default transfer moves the cells (eq. 16's hard label does: it widens every margin)."""
+    torch.manual_seed(0)
+    q_inner = torch.rand(4, 3, 5, requires_grad=True)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    q_outer = losses.outer_stage(q_inner, torch.zeros(4, 3))
+    z_outer, z_inner = losses.fused_score(q_outer), losses.fused_score(q_inner)
+    for loss in (
+        losses.soft_transfer_loss(z_outer, z_inner, mask),
+        losses.distill_loss(q_outer, q_inner, mask),
+    ):
+        (grad,) = torch.autograd.grad(loss, q_inner)
+        assert float(loss) == pytest.approx(0.0, abs=1e-6)
+        assert float(grad.abs().max()) < 1e-6
+    hard = losses.transfer_loss(z_outer, z_inner, mask)
+    (grad,) = torch.autograd.grad(hard, q_inner)
+    assert float(grad.abs().max()) > 1e-3
+
+
+def test_distill_loss_hand_computed() -> None:
+    """One request, K = 1, two real candidates and one padded: mean of (q^I - q)^2 over the
+    real ones, and its gradient 2 (q^I - q) / n."""
+    q_inner = torch.tensor([[[0.5, 0.2, 0.9]]], requires_grad=True)
+    action = torch.tensor([[1.0]])
+    mask = torch.tensor([[True, True, False]])
+    q_outer = losses.outer_stage(q_inner, action)  # [0.75, 0.24, (1.71)]
+    loss = losses.distill_loss(q_outer, q_inner, mask)
+    want = ((0.5 - 0.75) ** 2 + (0.2 - 0.24) ** 2) / 2
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    (grad,) = torch.autograd.grad(loss, q_inner)
+    np.testing.assert_allclose(grad[0, 0].numpy(), [-0.25, -0.04, 0.0], rtol=1e-4, atol=1e-7)

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from shared.tasks import TaskSpec
+from trainer import stats
 from trainer.config import to_dict
 from trainer.loop import ScoreFn
 from trainer.sim import SimConfig, UserSimulator, evaluate
-from trainer.study import stats
 from trainer.study.methods.cem import CEMConfig, cem_optimize
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,9 @@ logged candidates. It learns what pays now and nothing about the session (no lon
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,3 +103,9 @@ class MyopicMFCLearner:
 
     def save(self, path: Path) -> None:
         self.agent.save(path)
+
+    def snapshot(self) -> Any:
+        return copy.deepcopy(self.agent)
+
+    def restore(self, snapshot: Any) -> None:
+        self.agent = snapshot

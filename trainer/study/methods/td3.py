@@ -20,6 +20,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -237,3 +238,9 @@ class TD3Learner:
 
     def save(self, path: Path) -> None:
         self.agent.save(path)
+
+    def snapshot(self) -> Any:
+        return copy.deepcopy(self.agent)
+
+    def restore(self, snapshot: Any) -> None:
+        self.agent = snapshot
