@@ -33,6 +33,9 @@ class TSHConfig:
     # Ablation "xMTF w/o inner stage": no MFCs; the outer stage acts on the raw predictions,
     # z = sum_k o_k (1 + a_k o_k) (o_k -> 1 - o_k for a direction -1 task). Paper section 6.4.
     use_inner: bool = True
+    # Ablation "xMTF w/o state": cells, actor and critic see a constant state, so nothing is
+    # personalised (the study's check that the state is what xMTF's margin comes from).
+    use_state: bool = True
     action_low: float = -0.45  # > -1/2 keeps q(1 + a q) increasing on q in (0, 1)
     action_high: float = 1.5
     exploration_scale: float = 0.1  # Gaussian noise std as a fraction of the action range

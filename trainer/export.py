@@ -192,6 +192,8 @@ def export_version(
     if not agent.config.use_inner:
         # the scorer's contract is MFCs + actor; a formula-only agent has no MFCs to serve
         raise ValueError("an agent trained with use_inner=False (no MFCs) cannot be exported")
+    if not agent.config.use_state:
+        raise ValueError("an agent trained with use_state=False (an ablation) cannot be exported")
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     version = version or new_version_name()

@@ -25,8 +25,9 @@ from trainer.tsh import TSHAgent
 
 #: ``score_fn(state (U, D), predictions (U, K, C)) -> scores (U, C)``: a ranking policy.
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-#: ``on_step(step, result, metrics)``: called after every collection step (1-based step).
-StepHook = Callable[[int, StepResult, dict[str, float]], None]
+#: ``on_step(step, result, metrics)``: called after every collection step (1-based step);
+#: returning True stops the loop there (e.g. a budget is spent).
+StepHook = Callable[[int, StepResult, dict[str, float]], bool | None]
 
 
 @dataclass(frozen=True)
@@ -179,9 +180,8 @@ def run_online(
             for _ in range(tc.updates_per_step):
                 metrics = learner.learn()
         finished.append(res.finished_returns)
-        if on_step is not None:
-            on_step(step + 1, res, metrics)
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        stop = bool(on_step(step + 1, res, metrics)) if on_step is not None else False
+        if (step + 1) % log_every == 0 or step + 1 == steps or stop:
             done = np.concatenate(finished)
             row = {"step": float(step + 1), "transitions": float((step + 1) * tc.n_users)}
             if done.size:
@@ -191,4 +191,6 @@ def run_online(
             finished = []
             if "train_return" in row:
                 bar.set_postfix(ret=f"{row['train_return']:.0f}")
+        if stop:
+            break
     return curve

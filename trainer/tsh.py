@@ -100,6 +100,12 @@ class TSHAgent:
         """Update the observation normaliser with collected states."""
         self.norm.update(to_tensor(states))
 
+    def _state(self, states: torch.Tensor) -> torch.Tensor:
+        """Normalised states, or zeros for the ``use_state=False`` ablation."""
+        if not self.config.use_state:
+            return torch.zeros_like(states)
+        return self.norm(states)
+
     def exploration_noise(self, n: int) -> np.ndarray:
         """(n, K) fresh Gaussian exploration noise (std ``exploration_scale`` x action range)."""
         cfg = self.config
@@ -113,7 +119,7 @@ class TSHAgent:
         """Actions (B, K) for raw states, and the exploration noise that was applied (``noise``
         given: that noise, e.g. one held per session; otherwise a fresh draw)."""
         cfg = self.config
-        mu = self.actor(self.norm(to_tensor(states))).numpy()
+        mu = self.actor(self._state(to_tensor(states))).numpy()
         if not explore or cfg.exploration_scale == 0:
             return mu, np.zeros_like(mu)
         if noise is None:
@@ -134,19 +140,19 @@ class TSHAgent:
     @torch.no_grad()
     def inner(self, states: np.ndarray, predictions: np.ndarray) -> np.ndarray:
         """Inner-stage outputs (B, K, N) for raw states (B, D) and predictions (B, K, N)."""
-        return self._inner(self.norm(to_tensor(states)), to_tensor(predictions)).numpy()
+        return self._inner(self._state(to_tensor(states)), to_tensor(predictions)).numpy()
 
     @torch.no_grad()
     def scores(self, states: np.ndarray, predictions: np.ndarray, action: np.ndarray) -> np.ndarray:
         """Fused scores (B, N) of eq. 8 with the outer stage of eq. 11."""
-        q_inner = self._inner(self.norm(to_tensor(states)), to_tensor(predictions))
+        q_inner = self._inner(self._state(to_tensor(states)), to_tensor(predictions))
         return losses.fused_score(losses.outer_stage(q_inner, to_tensor(action))).numpy()
 
     # ------------------------------------------------------------------ updates
 
     def update_critic(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
-        s, s2 = self.norm(to_tensor(batch.state)), self.norm(to_tensor(batch.next_state))
+        s, s2 = self._state(to_tensor(batch.state)), self._state(to_tensor(batch.next_state))
         reward = to_tensor(batch.reward) * cfg.reward_scale
         with torch.no_grad():
             next_q = self.critic_target(s2, self.actor_target(s2))
@@ -160,7 +166,7 @@ class TSHAgent:
         return {"critic_loss": float(loss.detach()), "q_mean": float(q.detach().mean())}
 
     def update_actor(self, batch: Batch) -> dict[str, float]:
-        s = self.norm(to_tensor(batch.state))
+        s = self._state(to_tensor(batch.state))
         action = self.actor(s)
         loss = losses.actor_loss(self.critic(s, action))
         if self.config.action_l2 > 0:
@@ -178,7 +184,7 @@ class TSHAgent:
     def update_inner(self, batch: Batch) -> dict[str, float]:
         """Eq. 18 on a batch of requests: the current policy's outer stage is the label."""
         n = min(self.config.inner_batch_size, batch.state.shape[0])
-        s = self.norm(to_tensor(batch.state[:n]))
+        s = self._state(to_tensor(batch.state[:n]))
         preds, mask = to_tensor(batch.predictions[:n]), torch.as_tensor(batch.mask[:n])
         q_inner = self.mfc(s, preds)
         with torch.no_grad():

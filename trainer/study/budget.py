@@ -24,24 +24,26 @@ def estimate_seconds(runner: Runner, methods: Sequence[Method]) -> dict[str, flo
     per_key: dict[str, float] = {}
     probe_sessions = min(200, tc.eval_sessions)
     cache: dict[tuple[str, tuple[tuple[str, Any], ...]], float] = {}
+    budget = cfg.budgets[-1]
+    n_evals = len(cfg.budgets)
     for method in methods:
         signature = (method.kind, tuple(p for p in method.tsh if p[0] != "lam"))
         if signature in cache:
             per_key[method.key] = cache[signature]
             continue
-        if method.kind == "cem":
-            t = time.perf_counter()
-            fn = fixed_weights_score_fn(np.zeros(len(runner.tasks)), method.formula or "linear",
-                                        cfg.formula.beta)  # fmt: skip
-            evaluate(runner.train_sim, fn, probe_sessions, 999_999)
-            per_session = (time.perf_counter() - t) / probe_sessions
-            sessions = cfg.cem.iterations * cfg.cem.population * cfg.cem.sessions
-            est = per_session * (sessions + tc.eval_sessions)
-        elif method.kind == "init":
-            t = time.perf_counter()
-            learner = runner.make_learner(method, seed=0)
-            runner.evaluate(learner.score_fn(), probe_sessions)
-            est = (time.perf_counter() - t) * tc.eval_sessions / probe_sessions
+        t = time.perf_counter()
+        fn = fixed_weights_score_fn(np.zeros(len(runner.tasks)), "linear", cfg.formula.beta)
+        before = runner.train_sim.requests_served
+        evaluate(runner.train_sim, fn, probe_sessions, 999_999)
+        probed = max(1, runner.train_sim.requests_served - before)
+        per_request = (time.perf_counter() - t) / probed
+        eval_requests = tc.eval_sessions * probed / probe_sessions
+        if method.kind in ("cem", "cem_xmtf"):
+            est = per_request * (budget + n_evals * eval_requests)
+            if method.kind == "cem_xmtf":
+                est *= 3.0  # the MFCs score every candidate (torch), not a formula
+        elif method.kind in ("control", "init"):
+            est = per_request * eval_requests * (3.0 if method.kind == "init" else 1.0)
         else:
             t = time.perf_counter()
             learner = runner.make_learner(method, seed=0)
@@ -54,15 +56,14 @@ def estimate_seconds(runner: Runner, methods: Sequence[Method]) -> dict[str, flo
             if method.kind == "batchrl" or learner.ready(0):
                 learner.learn()  # warm-up
                 times = []
-                for _ in range(9):
+                for _ in range(5):
                     t = time.perf_counter()
                     learner.learn()
                     times.append(time.perf_counter() - t)
                 learn = float(np.median(times))
-            t = time.perf_counter()
-            runner.evaluate(learner.score_fn(), probe_sessions)
-            per_session = (time.perf_counter() - t) / probe_sessions
-            updates = tc.total_steps * tc.updates_per_step
-            est = init + tc.total_steps * collect + updates * learn + per_session * tc.eval_sessions
+            steps = budget / tc.n_users
+            scoring = collect / tc.n_users  # per request, with the learner's own scoring
+            evals = scoring * eval_requests * (n_evals + 1)
+            est = init + steps * collect + steps * tc.updates_per_step * learn + evals
         cache[signature] = per_key[method.key] = est
     return per_key

@@ -13,23 +13,39 @@ from trainer.sim import SimConfig
 from trainer.study.methods.cem import CEMConfig
 from trainer.study.methods.formulas import FormulaConfig
 from trainer.study.methods.td3 import TD3Config
-from trainer.study.registry import METHOD_BY_KEY, METHODS
+from trainer.study.registry import DEFAULT_METHODS, METHOD_BY_KEY
 
 
 @dataclass(frozen=True)
 class PaperConfig:
-    sim: SimConfig = field(default_factory=SimConfig)
-    tsh: TSHConfig = field(default_factory=TSHConfig)
+    """One world of the study (``sim`` with ``dose`` as its heterogeneity), its methods, seeds
+    and budgets. Defaults: world seed 101 of the registered family (results/worlds.md)."""
+
+    sim: SimConfig = field(default_factory=lambda: SimConfig(max_steps=80, seed=101))
+    dose: float = 0.0
+    tsh: TSHConfig = field(default_factory=lambda: TSHConfig(batch_size=256))
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            total_steps=400, updates_per_step=4, eval_every=0, eval_sessions=2000
+            total_steps=400,
+            updates_per_step=1,
+            eval_every=0,
+            eval_sessions=2000,
+            eval_seed=30_000,
+            select_every=200,
+            val_sessions=300,
+            val_seed=20_000,
         )
     )
-    cem: CEMConfig = field(default_factory=CEMConfig)
+    # every method is evaluated when its training (and validation) has used each budget, in
+    # simulated requests; the main table is at the last one
+    budgets: tuple[int, ...] = (100_000, 300_000)
+    cem: CEMConfig = field(
+        default_factory=lambda: CEMConfig(iterations=10_000, population=16, sessions=100)
+    )
     td3: TD3Config = field(default_factory=TD3Config)
     formula: FormulaConfig = field(default_factory=FormulaConfig)
-    trials: int = 5
-    methods: tuple[str, ...] = tuple(m.key for m in METHODS if m.table != 5)
+    trials: int = 10
+    methods: tuple[str, ...] = DEFAULT_METHODS
     log_every: int = 10  # training-curve resolution, in collection steps
     quick: bool = False
     # torch intra-op threads. 1 by default: these networks are small, and on a busy 2-core
@@ -41,17 +57,28 @@ class PaperConfig:
             raise ValueError("trials must be >= 1")
         if self.torch_threads < 1:
             raise ValueError("torch_threads must be >= 1")
+        if not self.budgets or any(b < 1 for b in self.budgets):
+            raise ValueError("budgets must be positive request counts")
+        if list(self.budgets) != sorted(set(self.budgets)):
+            raise ValueError("budgets must be increasing")
+        if self.dose < 0:
+            raise ValueError("dose must be >= 0")
         unknown = [m for m in self.methods if m not in METHOD_BY_KEY]
         if unknown:
             raise ValueError(
                 f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHOD_BY_KEY)}"
             )
 
+    @property
+    def world(self) -> SimConfig:
+        """The simulated world: ``sim`` at heterogeneity ``dose``."""
+        return self.sim.replace(heterogeneity=self.dose)
+
     @classmethod
     def quick_config(cls, trials: int = 2) -> PaperConfig:
         """Tiny budgets: every method end to end in seconds (tests, smoke runs)."""
         return cls(
-            sim=SimConfig(n_candidates=20, max_steps=8, n_items=500),
+            sim=SimConfig(n_candidates=20, max_steps=8, n_items=500, seed=101),
             tsh=TSHConfig(hidden=32, batch_size=64, inner_batch_size=16, neutral_fit_steps=10),
             train=TrainConfig(
                 n_users=32,
@@ -62,8 +89,13 @@ class PaperConfig:
                 replay_candidates=16,
                 eval_every=0,
                 eval_sessions=40,
+                eval_seed=30_000,
+                select_every=3,
+                val_sessions=16,
+                val_seed=20_000,
             ),
-            cem=CEMConfig(iterations=2, population=4, sessions=16),
+            budgets=(100, 250),
+            cem=CEMConfig(iterations=100, population=4, sessions=4),
             trials=trials,
             log_every=2,
             quick=True,
@@ -94,6 +126,8 @@ class PaperConfig:
     def as_dict(self) -> dict[str, Any]:
         return {
             "sim": to_dict(self.sim),
+            "dose": self.dose,
+            "budgets": list(self.budgets),
             "tsh": to_dict(self.tsh),
             "train": to_dict(self.train),
             "cem": to_dict(self.cem),

@@ -1,147 +1,180 @@
-"""paper.md: the study's tables, its verdict computed from the numbers, and the notes."""
+"""paper.md: the study's tables (mean and 95 % CI per method, paired differences), the budget
+curves, a verdict computed from the numbers, and the hand-written notes."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from trainer.study.registry import FORMULA_BASELINES, METHODS, MFC_KINDS
+import numpy as np
+
+from trainer import stats
+from trainer.study.registry import FORMULA_BASELINES, METHODS, MFC_KINDS, NON_PERSONALISED
+
+#: Hand-written findings kept next to paper.json; appended to paper.md on every run.
+NOTES_FILE = "paper-notes.md"
 
 
-def _pm(mean: float, std: float, digits: int) -> str:
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _returns(report: dict[str, Any], key: str, budget_index: int = -1) -> np.ndarray:
+    """(seeds, users) evaluation returns of a method at one budget."""
+    trials = report["methods"][key]["trials"]
+    return np.array([t["budgets"][budget_index]["returns"] for t in trials], np.float64)
+
+
+def paired(report: dict[str, Any], a: str, b: str, budget_index: int = -1) -> stats.Estimate:
+    """``a - b`` at one budget, paired by seed and evaluation user (seeds both have)."""
+    x, y = _returns(report, a, budget_index), _returns(report, b, budget_index)
+    n = min(len(x), len(y))
+    return stats.paired_difference(x[:n], y[:n])
+
+
+def _mean(report: dict[str, Any], key: str) -> float:
+    return float(report["methods"][key]["summary"]["budgets"][-1]["return"]["mean"])
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
-    """Where xMTF stands against the best formula-based method and the plain sum."""
+    """The study's contrasts at the last budget, each a paired difference with its 95 % CI."""
     methods = report["methods"]
     out: dict[str, Any] = {}
-    present = [k for k in FORMULA_BASELINES if k in methods]
-    if "xmtf" not in methods or not present:
-        out["text"] = "xMTF or every formula baseline is missing from this run: no comparison."
+    if "xmtf" not in methods:
+        out["text"] = "xMTF is not in this run: no comparison."
         return out
-    x = methods["xmtf"]["summary"]
-    best = max(present, key=lambda k: methods[k]["summary"]["return_mean"])
-    b = methods[best]["summary"]
-    diff = x["return_mean"] - b["return_mean"]
-    se = math.sqrt(x["return_std"] ** 2 / x["n_seeds"] + b["return_std"] ** 2 / b["n_seeds"])
-    z = diff / se if se > 0 else None
-    plain = report["plain_sum"]["return_mean"]
-    out |= {
-        "best_formula_baseline": best,
-        "xmtf_minus_best": diff,
-        "z": z,
-        "xmtf_beats_best_formula": bool(diff > 0),
-        "xmtf_vs_plain_sum_pct": 100.0 * (x["return_mean"] / plain - 1.0),
-    }
-    label = methods[best]["label"]
-    if z is None:
-        noise = " (no spread over seeds, e.g. a single seed: significance not assessed)"
-    else:
-        noise = f" (difference / s.e. = {z:.1f}" + (
-            "; within noise, |difference| < 2 s.e.)" if abs(z) < 2 else ")"
+    budget = methods["xmtf"]["summary"]["budgets"][-1]["budget"]
+    lines = []
+
+    def contrast(name: str, other: str, label: str) -> None:
+        d = paired(report, "xmtf", other)
+        out[name] = {"other": other, **d.as_dict(), "significant": d.excludes_zero}
+        sign = "above" if d.lo > 0 else "below" if d.hi < 0 else "within noise of"
+        lines.append(
+            f"xMTF vs {label}: {d.mean:+.1f} s per session, 95 % CI [{d.lo:.1f}, {d.hi:.1f}] "
+            f"({sign} it)."
         )
-    if diff > 0:
-        text = (
-            f"xMTF beats the best formula-based method, {label}, by {diff:.1f} s of watch time "
-            f"per session{noise}."
-        )
-    else:
-        text = (
-            f"xMTF does NOT beat the best formula-based method: {label} is ahead by "
-            f"{-diff:.1f} s of watch time per session{noise}. "
-            "The paper's claim is not reproduced on this simulator with this budget."
-        )
-    text += f" xMTF vs the plain sum: {out['xmtf_vs_plain_sum_pct']:+.1f} %."
-    lam_keys = [k for k in methods if methods[k]["table"] == 4] + ["xmtf"]
-    if len(lam_keys) > 1:
-        best_lam = max(lam_keys, key=lambda k: methods[k]["summary"]["return_mean"])
-        out["best_lambda"] = _lam_of(methods[best_lam], report)
-        text += f" Best λ in Table 4: {out['best_lambda']:g} (the paper's: 0.4)."
-    ranking = sorted(methods, key=lambda k: -methods[k]["summary"]["return_mean"])
+
+    non_personal = [k for k in NON_PERSONALISED if k in methods and k != "xmtf"]
+    if non_personal:
+        best = max(non_personal, key=lambda k: _mean(report, k))
+        label = f"the best non-personalised method ({methods[best]['label']})"
+        contrast("vs_best_non_personalised", best, label)
+    if "xmtf_init" in methods:
+        contrast("vs_init", "xmtf_init", "its own start (xMTF as initialised)")
+    formulas = [k for k in FORMULA_BASELINES if k in methods]
+    if formulas:
+        best = max(formulas, key=lambda k: _mean(report, k))
+        label = f"the best formula-based method ({methods[best]['label']})"
+        contrast("vs_best_formula", best, label)
+    if "xmtf_no_state" in methods:
+        contrast("vs_no_state", "xmtf_no_state", "xMTF without the state (no personalisation)")
+    if "plain_sum" in methods:
+        contrast("vs_plain_sum", "plain_sum", "the plain sum")
+    ranking = sorted(methods, key=lambda k: -_mean(report, k))
     out["ranking"] = ranking
-    out["text"] = text
+    out["budget"] = budget
+    out["text"] = f"At {budget:,} simulated requests per method: " + " ".join(lines)
     return out
+
+
+def _ci(e: dict[str, Any]) -> str:
+    lo, hi = e["ci95"]
+    return f"[{lo:.1f}, {hi:.1f}]"
+
+
+_HEADER = (
+    "| {first} | mean | 95 % CI | Δ vs xMTF as initialised | 95 % CI | session length "
+    "| sessions at the cap | requests used | MFC violations (%) | actions at a bound (%) "
+    "| train s / seed |\n|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def _row(report: dict[str, Any], key: str, label: str) -> str:
+    entry = report["methods"][key]
+    s = entry["summary"]
+    last = s["budgets"][-1]
+    delta = "–", "–"
+    if "xmtf_init" in report["methods"] and key != "xmtf_init":
+        d = paired(report, key, "xmtf_init")
+        delta = f"{d.mean:+.1f}", f"[{d.lo:.1f}, {d.hi:.1f}]"
+    mono = (
+        f"{100 * s['mono_violation_mean']:.2f}"
+        if entry["kind"] in MFC_KINDS and "mono_violation_mean" in s
+        else "–"
+    )
+    bound = f"{100 * s['action_at_bound_mean']:.0f}" if "action_at_bound_mean" in s else "–"
+    cells = [
+        label,
+        f"{last['return']['mean']:.1f}",
+        _ci(last["return"]),
+        *delta,
+        f"{last['length_mean']:.2f}",
+        f"{100 * last['cap_share']:.1f} %",
+        f"{last['requests']:,.0f}",
+        mono,
+        bound,
+        f"{s['seconds_mean']:.0f}" if "seconds_mean" in s else "–",
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def _lam_of(entry: dict[str, Any], report: dict[str, Any]) -> float:
     return float(entry["tsh_overrides"].get("lam", report["config"]["tsh"]["lam"]))
 
 
-METHOD_NOTES = """\
-* Formula 1: `z = Σ a_k o_k`; formula 2: `z = Σ a_k log(o_k + β)`, β = {beta:g}.
-  Formula methods search log-weights `u_k`, `a_k = exp(u_k)`, `u_k ∈ [{low:g}, {high:g}]`:
-  monotone by construction; `u = 0` is the plain sum (formula 1).
-* CEM-1/2: cross-entropy method over the 6 non-personalised log-weights, each candidate scored
-  by the mean watch time of simulated training sessions (never the evaluation users).
-* TD3-1/2: TD3 (twin critics with the min target, target-policy smoothing, delayed actor and
-  target updates) whose action is the per-request log-weights of the formula.
-* BatchRL-MTF-1/2: TD3+BC (behaviour-cloning regularised offline actor-critic) trained only on
-  a fixed log collected by the neutral weights plus Gaussian noise.
-* xMTF: TSH (critic, actor, inner stage with `λ Σ L_mono + (1-λ) L_transfer`), λ = 0.4 unless
-  stated; "monotone by construction": non-negative weights on the MFCs' prediction path.
-* xMTF w/o outer stage: no RL; the MFCs are trained with eq. 18 whose transfer label is each
-  shown item's observed watch time (BPR over shown-item pairs), i.e. myopic.
-* xMTF w/o inner stage: no MFCs; TSH's actor-critic drives `z = Σ o_k (1 + a_k o_k)`.
-* Formula-based methods for the verdict: CEM, TD3, BatchRL-MTF and xMTF w/o inner stage."""
-
-
-def _row(label: str, s: dict[str, float], plain: float, violation: bool) -> str:
-    ret = _pm(s["return_mean"], s.get("return_std", 0.0), 1)
-    length = _pm(s["length_mean"], s.get("length_std", 0.0), 2)
-    gain = 100.0 * (s["return_mean"] / plain - 1.0)
-    viol = (
-        _pm(100.0 * s["mono_violation_mean"], 100.0 * s["mono_violation_std"], 2)
-        if violation and "mono_violation_mean" in s
-        else "–"
-    )
-    seconds = f"{s['seconds_mean']:.0f}" if "seconds_mean" in s else "–"
-    return f"| {label} | {ret} | {length} | {gain:+.1f} % | {viol} | {seconds} |"
-
-
-_HEADER = (
-    "| {first} | watch time / session (s) | session length (requests) | vs plain sum "
-    "| MFC monotonicity violations (%) | train s / seed |\n|---|---:|---:|---:|---:|---:|"
-)
-
-
 def render_tables(report: dict[str, Any]) -> str:
     methods = report["methods"]
-    plain_eval = report["plain_sum"]
-    plain = plain_eval["return_mean"]
-    plain_row = {
-        "return_mean": plain,
-        "return_std": 0.0,
-        "length_mean": plain_eval["length_mean"],
-        "length_std": 0.0,
-    }
-    lines = ["### Table 3: offline performance of the methods", "", _HEADER.format(first="method")]
-    lines.append(_row("plain sum (no training)", plain_row, plain, False))
+    budget = report["config"]["budgets"][-1]
+    lines = [
+        f"### Table 3: every method at {budget:,} simulated requests",
+        "",
+        _HEADER.format(first="method"),
+    ]
     for m in METHODS:
         if m.table == 3 and m.key in methods:
-            mfc = m.kind in MFC_KINDS and dict(m.tsh).get("use_inner", True)
-            lines.append(_row(m.label, methods[m.key]["summary"], plain, mfc))
+            lines.append(_row(report, m.key, m.label))
     lam_rows = [(_lam_of(methods[k], report), k) for k in methods if methods[k]["table"] == 4]
-    if "xmtf" in methods:
+    if lam_rows and "xmtf" in methods:
         lam_rows.append((_lam_of(methods["xmtf"], report), "xmtf"))
     if lam_rows:
         lines += ["", "### Table 4: xMTF under different λ (eq. 18)", ""]
         lines.append(_HEADER.format(first="λ"))
         for lam, k in sorted(lam_rows):
-            lines.append(_row(f"λ = {lam:g}", methods[k]["summary"], plain, True))
+            lines.append(_row(report, k, f"λ = {lam:g}"))
     deviations = [m for m in METHODS if m.table == 5 and m.key in methods]
     if deviations:
         lines += ["", "### Table 5: this implementation's deviations from the paper, undone", ""]
         lines.append(_HEADER.format(first="method"))
         for m in deviations:
-            lines.append(_row(m.label, methods[m.key]["summary"], plain, True))
+            lines.append(_row(report, m.key, m.label))
+    lines += ["", "### Budget curves: mean watch time per session [95 % CI] at each budget", ""]
+    budgets = report["config"]["budgets"]
+    lines.append("| method | " + " | ".join(f"{b:,} requests" for b in budgets) + " |")
+    lines.append("|---|" + "---:|" * len(budgets))
+    for m in METHODS:
+        if m.key in methods:
+            cells = [
+                f"{r['return']['mean']:.1f} {_ci(r['return'])}"
+                for r in methods[m.key]["summary"]["budgets"]
+            ]
+            lines.append(f"| {m.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-#: Hand-written findings kept next to paper.json; appended to paper.md on every run.
-NOTES_FILE = "paper-notes.md"
+METHOD_NOTES = """\
+* Formula 1: `z = Σ a_k o_k`; formula 2: `z = Σ a_k log(o_k + β)`, β = {beta:g}. Formula methods
+  search log-weights `u_k`, `a_k = exp(u_k)`, `u_k ∈ [{low:g}, {high:g}]`: monotone by
+  construction; `u = 0` is the plain sum (formula 1) or the neutral log formula (formula 2).
+  "on calibrated predictions": each task standardised with the world's statistics first (what
+  xMTF's cells see).
+* CEM: the cross-entropy method over the 6 non-personalised log-weights, each candidate scored by
+  the mean watch time of simulated training sessions; it runs until its budget is spent.
+* Constant-action CEM on xMTF's parametrisation: the untrained xMTF of the same seed with one
+  action `a` for every user found by CEM: what xMTF's form can do without personalisation.
+* TD3-1: TD3 (twin critics, target smoothing, delayed updates) whose action is the per-request
+  log-weights of formula 1, with the same action penalty as xMTF's actor.
+* xMTF: TSH (critic, actor, inner stage with `λ Σ L_mono + (1-λ) L_transfer`, soft transfer
+  label), checkpoint selected on validation users (kept at its start unless a checkpoint beats
+  it with 95 % confidence); "w/o state": cells, actor and critic see a constant state.
+* Every learner's budget counts its training requests and its validation requests."""
 
 
 def write_markdown(report: dict[str, Any], out: Path) -> Path:
@@ -173,36 +206,36 @@ def render_markdown(report: dict[str, Any], findings: str | None = None) -> str:
         for m in meta.get("merged", [])
     )
     population = {
-        "kuairand": "real KuaiRand-Pure user profiles and videos (`XMTF_KUAIRAND_DIR`)",
-        "synthetic": "synthetic users and videos with KuaiRand's columns (no `XMTF_KUAIRAND_DIR`"
-        " set: what a fresh clone reproduces)",
-    }.get(meta.get("population", ""), "not recorded in this run's paper.json")
-    head = f"""# xMTF offline study on the simulator (paper Tables 3 and 4)
+        "kuairand": "real KuaiRand-Pure user profiles and videos, disjoint user folds for "
+        "training, validation and evaluation",
+        "synthetic": "synthetic users and videos with KuaiRand's columns",
+    }.get(meta.get("population", ""), "not recorded")
+    head = f"""# xMTF offline study on the simulator
 {quick}
 Generated by `xmtf-train paper` on {meta["created"]} in {meta["seconds"] / 60:.1f} min with
 {jobs} parallel job(s) of {meta["torch_threads"]} torch thread(s) (projected
 {meta["projected_seconds"] / 60 / jobs:.1f} min){merged}.
 
-* Population: {population}.
-* Metric: total watch time per session (s) on the same {meta["eval_sessions"]} evaluation
-  users (`evaluate(..., seed={meta["eval_seed"]})`) of one simulated world (world seed
-  {meta["world_seed"]}); each cell is the mean ± sample std over {n} training seed(s)
-  ({", ".join(map(str, meta["seeds"]))}) of the per-seed mean over those sessions. The plain sum
-  is deterministic (one evaluation, no training), so it has no spread over seeds.
-* Budget of every learning method: {tc["total_steps"]} collection steps x {tc["n_users"]}
-  concurrent users, {tc["updates_per_step"]} updates per step (batch {cfg["tsh"]["batch_size"]});
-  the same five-layer actor/critic MLPs (width {cfg["tsh"]["hidden"]}) and RL hyper-parameters
-  for every RL method. CEM: {cfg["cem"]["iterations"]} iterations x {cfg["cem"]["population"]}
-  candidates x {cfg["cem"]["sessions"]} sessions. BatchRL-MTF: the same number of transitions,
-  logged once by the neutral weights plus noise, then the same number of updates offline.
-* MFC monotonicity violations: share of adjacent steps of a 33-point grid over each task's
-  prediction range, at states met during evaluation, where the inner stage moves against the
-  task's direction (formula methods are monotone by construction).
+* World: seed {meta["world_seed"]}, heterogeneity d = {cfg.get("dose", 0):g}, `max_steps`
+  {cfg["sim"]["max_steps"]} (the family of `results/worlds.md`); population: {population}.
+* Budget: every method spends the same simulated requests ({
+        ", ".join(f"{b:,}" for b in cfg["budgets"])
+    }; CEM's candidate sessions and the learners' validation sessions included)
+  and is evaluated at each; the tables are at the last.
+* Metric: total watch time per session (s) of {meta["eval_sessions"]} held-out evaluation
+  users (seed {meta["eval_seed"]}, never used for training or selection), {n} training seed(s)
+  per method. Each cell: the mean over seeds and users with a 95 % CI from a bootstrap over
+  seeds and, within each, over users; each Δ is a paired difference (same seed, same user)
+  with its 95 % CI. Model selection used validation users (seed {tc["val_seed"]}, {
+        tc["val_sessions"]
+    } sessions every {tc["select_every"]} collection steps).
+* Learners: {tc["n_users"]} concurrent users, {tc["updates_per_step"]} update(s) per collection
+  step at batch {cfg["tsh"]["batch_size"]}; the same five-layer actor/critic MLPs (width
+  {cfg["tsh"]["hidden"]}) for every RL method.
 """
     verdict_text = report.get("verdict", {}).get("text", "")
     ranking = report.get("verdict", {}).get("ranking", [])
     labels = {k: report["methods"][k]["label"] for k in report["methods"]}
-    body = render_tables(report)
     form = cfg["formula"]
     notes = METHOD_NOTES.format(
         beta=form["beta"], low=form["log_weight_low"], high=form["log_weight_high"]
@@ -215,12 +248,12 @@ Generated by `xmtf-train paper` on {meta["created"]} in {meta["seconds"] / 60:.1
 
 Ranking by mean watch time: {" > ".join(labels[k] for k in ranking)}.
 
-The paper's ordering (CEM < TD3/BatchRL < xMTF; λ = 0.4 best) is the hypothesis under test,
-not a target: these are the numbers that came out.
+The paper's ordering (formulas < TD3/BatchRL < xMTF) is the hypothesis under test, not a
+target: these are the numbers that came out.
 
 ### Methods (details in `trainer/study/methods/`)
 
 {notes}
 """
     extra = f"\n{findings.strip()}\n" if findings else ""
-    return head + "\n" + body + tail + extra
+    return head + "\n" + render_tables(report) + tail + extra

@@ -1,19 +1,30 @@
-"""One run of the study: train one method with one seed in the shared world, then evaluate it."""
+"""One run of the study: train one method with one seed in the study's world, and evaluate it
+each time its training has used one of the budgets.
+
+The protocol (results/worlds.md, SPEC §8): every method spends simulated requests through one
+counter, the training simulator's ``requests_served`` plus, for learners with checkpoint
+selection, the validation simulator's; CEM's candidate evaluations are its training. At each
+budget the method's current model (for a learner: the checkpoint that validation selected, or
+its start) is evaluated on the evaluation users, a seed never used for training or selection,
+and each user's total watch time is kept so that methods compare user by user.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from trainer import losses
-from trainer.loop import Learner, ScoreFn, TSHLearner, plain_sum_score, run_online
+from trainer.loop import Learner, ScoreFn, TSHLearner, run_online
 from trainer.replay import ReplayBuffer
+from trainer.selection import Selector
 from trainer.sim import UserSimulator, evaluate
 from trainer.study.config import PaperConfig
 from trainer.study.methods.cem import cem_optimize
@@ -25,6 +36,8 @@ from trainer.tsh import TSHAgent
 
 #: Points of the monotonicity probe grid of the study's MFC violation metric.
 STUDY_GRID = 33
+#: Seeds of the users CEM scores its candidates on (common random numbers within a population).
+CEM_USERS = 1_000_000
 
 
 def mfc_violation_rate(agent: TSHAgent, states: np.ndarray, grid: int = STUDY_GRID) -> float:
@@ -36,7 +49,7 @@ def mfc_violation_rate(agent: TSHAgent, states: np.ndarray, grid: int = STUDY_GR
 
 
 class _StateRecorder:
-    """Wraps a score_fn and keeps a sample of the states it sees (for the violation audit)."""
+    """Wraps a score_fn and keeps a sample of the states it sees (for the audits)."""
 
     def __init__(self, fn: ScoreFn, keep: int = 512) -> None:
         self.fn, self.keep = fn, keep
@@ -53,41 +66,70 @@ class _StateRecorder:
 
 @dataclass
 class Trial:
+    """One (method, seed): its evaluation at every budget (the last one is ``eval``)."""
+
     seed: int
-    eval: dict[str, float]
+    budgets: list[dict[str, Any]]
     seconds: float
     curve: list[dict[str, float]]
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def eval(self) -> dict[str, Any]:
+        return self.budgets[-1]
+
     def as_dict(self) -> dict[str, Any]:
+        last = self.eval
         return {
             "seed": self.seed,
-            **self.eval,
+            "return_mean": last["return_mean"],
+            "length_mean": last["length_mean"],
+            "requests": last["requests"],
             "seconds": self.seconds,
             **self.extra,
+            "budgets": self.budgets,
             "curve": self.curve,
         }
 
 
 class Runner:
-    """Builds the shared world once and runs (method, seed) pairs."""
+    """Builds the study's world once and runs (method, seed) pairs in it."""
 
     def __init__(self, config: PaperConfig, progress: bool = False) -> None:
         self.config = config
         self.progress = progress
-        self.train_sim = UserSimulator(config.sim)
-        self.eval_sim = UserSimulator(config.sim)
+        world = config.world
+        real = bool(world.data_dir)
+        self.train_sim = UserSimulator(replace(world, user_fold="train" if real else ""))
+        self.val_world = replace(world, user_fold="validation" if real else "")
+        self.eval_sim = UserSimulator(replace(world, user_fold="evaluation" if real else ""))
         self.tasks = self.train_sim.task_specs()
         self.directions = task_directions(self.tasks)
         self.state_dim = self.train_sim.state_dim
 
     # -- evaluation
+    def evaluate_users(self, fn: ScoreFn) -> tuple[np.ndarray, np.ndarray]:
+        """Per-user returns and lengths on the evaluation users (not counted in any budget)."""
+        tc = self.config.train
+        res = evaluate(self.eval_sim, fn, tc.eval_sessions, tc.eval_seed)
+        return res.returns, res.lengths
+
     def evaluate(self, fn: ScoreFn, n_sessions: int | None = None) -> dict[str, float]:
+        """Summary of ``fn`` on the evaluation users."""
         tc = self.config.train
         return evaluate(self.eval_sim, fn, n_sessions or tc.eval_sessions, tc.eval_seed).summary()
 
-    def plain_sum(self) -> dict[str, float]:
-        return self.evaluate(plain_sum_score)
+    def _budget_row(self, budget: int, used: int, fn: ScoreFn) -> dict[str, Any]:
+        returns, lengths = self.evaluate_users(fn)
+        cap = self.config.world.max_steps
+        return {
+            "budget": budget,
+            "requests": used,
+            "return_mean": float(returns.mean()),
+            "length_mean": float(lengths.mean()),
+            "cap_share": float((lengths >= cap).mean()),
+            "returns": np.round(returns, 1).tolist(),
+        }
 
     # -- builders
     def _replay(self, seed: int) -> ReplayBuffer:
@@ -98,13 +140,13 @@ class Runner:
     def make_learner(self, method: Method, seed: int) -> Learner:
         cfg, tc = self.config, self.config.train
         tsh = method.tsh_config(cfg.tsh)
-        if method.kind in ("tsh", "init"):
+        if method.kind in ("tsh", "init", "cem_xmtf"):
             agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
             return TSHLearner(agent, self._replay(seed), tsh.batch_size)
         if method.kind == "myopic":
             agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
-            m = max(tc.replay_candidates, cfg.sim.top_n)
-            return MyopicMFCLearner(agent, tc.replay_capacity, m, cfg.sim.top_n, seed=seed)
+            m = max(tc.replay_candidates, cfg.world.top_n)
+            return MyopicMFCLearner(agent, tc.replay_capacity, m, cfg.world.top_n, seed=seed)
         if method.kind in ("td3", "batchrl"):
             assert method.formula is not None
             td3 = TD3Agent(
@@ -123,96 +165,194 @@ class Runner:
             )
         raise ValueError(f"method {method.key} has no learner")
 
+    def formula_fn(self, method: Method, log_weights: np.ndarray) -> ScoreFn:
+        """A fixed-weight formula (raw or calibrated predictions, as the method asks)."""
+        assert method.formula is not None
+        fn = fixed_weights_score_fn(
+            log_weights, method.formula, self.config.formula.beta, self.directions
+        )
+        if not method.calibrated:
+            return fn
+        offset = np.array([t.offset for t in self.tasks], np.float32)[:, None]
+        scale = np.array([t.scale for t in self.tasks], np.float32)[:, None]
+        # standardised, then shifted positive (the formula's inputs); the shift does not change
+        # a linear formula's ranking
+        return lambda s, p: fn(s, (p - offset) / scale + 10.0)
+
     # -- runs
     def run(self, method: Method, seed: int, checkpoint: Path | None = None) -> Trial:
         t0 = time.perf_counter()
-        if method.kind == "cem":
+        if method.kind in ("cem", "cem_xmtf"):
             return self._run_cem(method, seed, checkpoint, t0)
-        cfg, tc = self.config, self.config.train
-        desc = f"{method.key} s{seed}"
-        learner = self.make_learner(method, seed)
+        if method.kind in ("control", "init"):
+            return self._run_fixed(method, seed, checkpoint, t0)
+        return self._run_online(method, seed, checkpoint, t0)
+
+    def _run_fixed(self, method: Method, seed: int, checkpoint: Path | None, t0: float) -> Trial:
+        """A control: no training, the same row at every budget."""
         extra: dict[str, Any] = {}
-        curve: list[dict[str, float]] = []
-        if method.kind != "init":  # "init": the control, evaluated as `xmtf-train init` makes it
-            curve = run_online(
-                self.train_sim, learner, tc, seed, log_every=cfg.log_every,
-                progress=self.progress, desc=desc,
-            )  # fmt: skip
-        if method.kind == "batchrl":
-            assert isinstance(learner, TD3Learner)
-            extra["behaviour_return"] = _mean_curve(curve, "train_return")
-            curve = self._offline(learner, desc)
-        recorder = _StateRecorder(learner.score_fn())
-        summary = self.evaluate(recorder)
-        if method.kind in MFC_KINDS and method.tsh_config(cfg.tsh).use_inner:
+        if method.kind == "init":
+            learner = self.make_learner(method, seed)
+            recorder = _StateRecorder(learner.score_fn())
+            row = self._budget_row(0, 0, recorder)
             agent = learner.agent  # type: ignore[attr-defined]
-            states = np.concatenate(recorder.states)
-            extra["mono_violation"] = mfc_violation_rate(agent, states)
+            extra["mono_violation"] = mfc_violation_rate(agent, np.concatenate(recorder.states))
+            if checkpoint is not None:
+                learner.save(checkpoint)
+        else:
+            k = len(self.tasks)
+            row = self._budget_row(0, 0, self.formula_fn(method, np.zeros(k)))
+        rows = [{**row, "budget": b} for b in self.config.budgets]
+        return Trial(seed, rows, time.perf_counter() - t0, [], extra)
+
+    def _run_online(self, method: Method, seed: int, checkpoint: Path | None, t0: float) -> Trial:
+        cfg, tc = self.config, self.config.train
+        learner = self.make_learner(method, seed)
+        start_requests = self.train_sim.requests_served
+        selector = None
+        if tc.select_every and method.kind != "batchrl":
+            selector = Selector(UserSimulator(self.val_world), tc.val_sessions, tc.val_seed,
+                                tc.eval_seed)  # fmt: skip
+            selector.start(learner)
+        pending = list(cfg.budgets)
+        rows: list[dict[str, Any]] = []
+
+        def used() -> int:
+            spent = self.train_sim.requests_served - start_requests
+            return spent + (selector.requests if selector is not None else 0)
+
+        def at_budget(budget: int) -> None:
+            if selector is None:
+                rows.append(self._budget_row(budget, used(), learner.score_fn()))
+                return
+            current = learner.snapshot()
+            decision = selector.finish(learner)  # the selected checkpoint, put in place
+            row = self._budget_row(budget, used(), learner.score_fn())
+            row["selected_step"] = decision["selected_step"]
+            row["kept_start"] = decision["kept_start"]
+            rows.append(row)
+            learner.restore(current)
+
+        def on_step(step: int, res: Any, metrics: dict[str, float]) -> bool:
+            if selector is not None and step % tc.select_every == 0:
+                selector.consider(step, learner)
+            while pending and used() >= pending[0]:
+                at_budget(pending.pop(0))
+            return not pending
+
+        steps = math.ceil(cfg.budgets[-1] / tc.n_users) * 4 + 10  # the budget stops it first
+        desc = f"{method.key} s{seed}"
+        if method.kind == "batchrl":
+            steps = math.ceil(cfg.budgets[-1] / tc.n_users)
+            log_every = cfg.log_every
+            curve = run_online(self.train_sim, learner, tc, seed, steps=steps,
+                               log_every=log_every, progress=self.progress, desc=desc)  # fmt: skip
+            assert isinstance(learner, TD3Learner)
+            curve = self._offline(learner, desc)
+            rows = [self._budget_row(b, used(), learner.score_fn()) for b in cfg.budgets]
+        else:
+            curve = run_online(self.train_sim, learner, tc, seed, steps=steps,
+                               log_every=cfg.log_every, progress=self.progress, desc=desc,
+                               on_step=on_step)  # fmt: skip
+        if selector is not None:
+            extra: dict[str, Any] = {"validation": selector.finish(learner)["validation"]}
+        else:
+            extra = {}
+        recorder = _StateRecorder(learner.score_fn())
+        evaluate(self.eval_sim, recorder, min(200, tc.eval_sessions), tc.eval_seed)
+        states = np.concatenate(recorder.states)
+        if method.kind in MFC_KINDS and method.tsh_config(cfg.tsh).use_inner:
+            extra["mono_violation"] = mfc_violation_rate(learner.agent, states)  # type: ignore[attr-defined]
+        extra["action_at_bound"] = _saturation(learner, states)
         if checkpoint is not None:
             learner.save(checkpoint)
-        return Trial(seed, summary, time.perf_counter() - t0, curve, extra)
+        return Trial(seed, rows, time.perf_counter() - t0, curve, extra)
 
     def _offline(self, learner: TD3Learner, desc: str) -> list[dict[str, float]]:
         """BatchRL-MTF: train on the fixed log only (TD3+BC), never interacting."""
         cfg, tc = self.config, self.config.train
         replay, agent = learner.replay, learner.agent
         agent.observe(replay.state[: len(replay)])  # normalise with the whole log's moments
-        n_updates = tc.total_steps * tc.updates_per_step
+        n_updates = math.ceil(cfg.budgets[-1] / tc.n_users) * tc.updates_per_step
         every = max(1, cfg.log_every * tc.updates_per_step)
         curve: list[dict[str, float]] = []
-        bar = tqdm(range(n_updates), desc=f"{desc} offline", disable=not self.progress, leave=False)
-        for u in bar:
+        for u in range(n_updates):
             metrics = learner.learn()
             if (u + 1) % every == 0 or u + 1 == n_updates:
-                step = (u + 1) / tc.updates_per_step
-                curve.append({"step": step, **{k: v for k, v in metrics.items()}})
+                curve.append({"step": (u + 1) / tc.updates_per_step, **metrics})
         return curve
 
     def _run_cem(self, method: Method, seed: int, checkpoint: Path | None, t0: float) -> Trial:
+        """CEM until each budget is spent (the candidates' sessions are its training)."""
         cfg = self.config
-        assert method.formula is not None
-        formula, beta = method.formula, cfg.formula.beta
+        start_requests = self.train_sim.requests_served
+        make_fn, low, high, init = self._cem_family(method, seed)
+        pending = list(cfg.budgets)
+        rows: list[dict[str, Any]] = []
+
+        def used() -> int:
+            return self.train_sim.requests_served - start_requests
 
         def objective(pop: np.ndarray, it: int) -> np.ndarray:
-            # the same simulated users for the whole population (common random numbers), and
-            # never the evaluation users
-            users = 1_000_000 + 1000 * seed + it
+            users = CEM_USERS + 1000 * seed + it  # never the validation or evaluation users
             return np.array(
                 [
-                    evaluate(
-                        self.train_sim,
-                        fixed_weights_score_fn(u, formula, beta, self.directions),
-                        cfg.cem.sessions,
-                        users,
-                    ).returns.mean()
+                    evaluate(self.train_sim, make_fn(u), cfg.cem.sessions, users).returns.mean()
                     for u in pop
                 ]
             )
 
+        def should_stop(done: int, mean: np.ndarray) -> bool:
+            while pending and used() >= pending[0]:
+                rows.append(self._budget_row(pending.pop(0), used(), make_fn(mean)))
+            return not pending
+
+        std = np.full(len(self.tasks), cfg.cem.init_std if method.kind == "cem" else 0.5)
         result = cem_optimize(
-            objective,
-            len(self.tasks),
-            cfg.cem,
-            np.random.default_rng(seed),
-            cfg.formula.log_weight_low,
-            cfg.formula.log_weight_high,
-            progress=self.progress,
-            desc=f"{method.key} s{seed}",
-        )
-        fn = fixed_weights_score_fn(result.mean, formula, beta, self.directions)
-        summary = self.evaluate(fn)
-        weights = {t.name: float(np.exp(u)) for t, u in zip(self.tasks, result.mean, strict=True)}
+            objective, len(self.tasks), cfg.cem, np.random.default_rng(seed), low, high,
+            init_mean=init, progress=self.progress, desc=f"{method.key} s{seed}",
+            init_std=std, should_stop=should_stop,
+        )  # fmt: skip
+        while pending:  # the iteration cap came first: what the search reached
+            rows.append(self._budget_row(pending.pop(0), used(), make_fn(result.mean)))
+        solution = {t.name: float(u) for t, u in zip(self.tasks, result.mean, strict=True)}
         if checkpoint is not None:
-            checkpoint.write_text(
-                json.dumps({"formula": formula, "beta": beta, "weights": weights}, indent=2)
-            )
+            checkpoint.write_text(json.dumps({"kind": method.kind, "solution": solution}))
         curve = [
             {"step": row["iteration"], "train_return": row["population_mean"], **row}
             for row in result.history
         ]
-        return Trial(seed, summary, time.perf_counter() - t0, curve, {"weights": weights})
+        return Trial(seed, rows, time.perf_counter() - t0, curve, {"solution": solution})
+
+    def _cem_family(
+        self, method: Method, seed: int
+    ) -> tuple[Callable[[np.ndarray], ScoreFn], float, float, np.ndarray]:
+        """What CEM searches: a formula's log-weights, or (``cem_xmtf``) a constant action on
+        the untrained xMTF of this seed (its cells as initialised, ``a`` the same for all)."""
+        k = len(self.tasks)
+        if method.kind == "cem":
+            lo, hi = self.config.formula.log_weight_low, self.config.formula.log_weight_high
+            return (lambda u: self.formula_fn(method, u)), lo, hi, np.zeros(k)
+        tsh = method.tsh_config(self.config.tsh)
+        agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
+        agent.observe(self.train_sim.reset(512, seed=CEM_USERS - 1).state)
+
+        def make(action: np.ndarray) -> ScoreFn:
+            a = np.asarray(action, np.float32)
+            return lambda s, p: agent.scores(s, p, np.broadcast_to(a, (len(s), k)))
+
+        return make, tsh.action_low, tsh.action_high, np.zeros(k)
 
 
-def _mean_curve(curve: list[dict[str, float]], key: str) -> float | None:
-    values = [r[key] for r in curve if key in r]
-    return float(np.mean(values)) if values else None
+def _saturation(learner: Learner, states: np.ndarray) -> float | None:
+    """Share of action dimensions within 1 % of the range of a bound (greedy actions)."""
+    agent = getattr(learner, "agent", None)
+    if isinstance(agent, TSHAgent):
+        action, _ = agent.act(states, explore=False)
+        lo, hi = agent.config.action_low, agent.config.action_high
+    elif isinstance(agent, TD3Agent):
+        action, lo, hi = agent.act(states, explore=False), agent.low, agent.high
+    else:
+        return None
+    margin = 0.01 * (hi - lo)
+    return float(((action <= lo + margin) | (action >= hi - margin)).mean())

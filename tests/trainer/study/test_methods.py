@@ -124,8 +124,8 @@ def test_td3_smoothing_noise_is_clipped_and_actor_updates_are_delayed() -> None:
 
 
 def test_td3_bc_pulls_the_actor_towards_logged_actions() -> None:
-    """bc_alpha = 0: the actor loss is pure behaviour cloning of the logged actions."""
-    cfg = dataclasses.replace(SMALL, actor_lr=3e-3)
+    """bc_alpha = 0 and no action penalty: the actor loss is pure behaviour cloning."""
+    cfg = dataclasses.replace(SMALL, actor_lr=3e-3, action_l2=0.0)
     agent = TD3Agent(D, K, "linear", cfg, TD3Config(policy_delay=1), seed=2, bc_alpha=0.0)
     batch = _batch()
     batch = dataclasses.replace(batch, action=np.full_like(batch.action, 2.0))
@@ -139,6 +139,20 @@ def test_td3_bc_pulls_the_actor_towards_logged_actions() -> None:
     for _ in range(100):
         agent.update(batch)
     assert gap() < 0.1 * start
+
+
+def test_td3_action_penalty_is_xmtfs() -> None:
+    """bc_alpha = 0 with action_l2 = 1: (pi - 2)^2 + pi^2 is smallest at pi = 1."""
+    cfg = dataclasses.replace(SMALL, actor_lr=3e-3, action_l2=1.0)
+    agent = TD3Agent(D, K, "linear", cfg, TD3Config(policy_delay=1), seed=2, bc_alpha=0.0)
+    batch = _batch()
+    batch = dataclasses.replace(batch, action=np.full_like(batch.action, 2.0))
+    s = torch.as_tensor(batch.state)
+    for _ in range(300):
+        agent.update(batch)
+    with torch.no_grad():
+        pi = agent.actor(agent.norm(s))
+    assert float((pi - 1.0).abs().mean()) < 0.15
 
 
 def test_td3_actions_stay_in_bounds() -> None:

@@ -44,11 +44,13 @@ def cem_optimize(
     progress: bool = False,
     desc: str = "cem",
     init_std: np.ndarray | None = None,
+    should_stop: Callable[[int, np.ndarray], bool] | None = None,
 ) -> CEMResult:
     """Maximise ``objective(candidates (P, dim), iteration) -> values (P,)`` with the
     cross-entropy method: sample a diagonal Gaussian (clipped to [low, high]), keep the elite,
     refit mean and std to it (std floored at ``min_std``). ``init_std`` (per dimension)
-    overrides ``config.init_std``, e.g. for a search warm-started from a known solution."""
+    overrides ``config.init_std``, e.g. for a search warm-started from a known solution.
+    ``should_stop(iterations_done, mean)`` ends the search early (a budget spent)."""
     mean = np.zeros(dim) if init_mean is None else np.asarray(init_mean, np.float64).copy()
     std = np.full(dim, config.init_std) if init_std is None else np.asarray(init_std, np.float64)
     n_elite = max(1, round(config.elite_frac * config.population))
@@ -68,4 +70,6 @@ def cem_optimize(
         }
         history.append(row)
         bar.set_postfix(best=f"{row['best']:.0f}")
+        if should_stop is not None and should_stop(it + 1, mean):
+            break
     return CEMResult(mean=mean, std=std, history=history)

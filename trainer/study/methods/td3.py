@@ -157,6 +157,8 @@ class TD3Agent:
             else:
                 lam = self.bc_alpha / q_pi.abs().mean().detach().clamp(min=1e-6)
                 actor_loss = -lam * q_pi.mean() + F.mse_loss(pi, a)
+            if cfg.action_l2 > 0:  # the same action penalty as xMTF's actor (0 = neutral)
+                actor_loss = actor_loss + cfg.action_l2 * pi.pow(2).mean()
             self.actor_opt.zero_grad()
             actor_loss.backward()
             nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)
