@@ -104,7 +104,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only re-render <out>/paper.md from its paper.json and paper-notes.md",
     )
-    _add(p, "methods", None, help="comma-separated subset of the methods (default: all)")
+    _add(p, "methods", None, help="comma-separated subset of the methods (default: the study's)")
+    _add(p, "budget", None, help="comma-separated budgets in simulated requests, e.g. 1e5,3e5")
+    _add(p, "dose", None, type=float, help="heterogeneity d of the world (results/worlds.md)")
+    _add(p, "world-seed", None, type=int, help="world seed (default 101, a held-out world)")
+    _add(p, "data-dir", None, help="a KuaiRand-Pure folder: real users (disjoint folds)")
+    _add(p, "eval-sessions", None, type=_positive_int, help="evaluation users per cell")
     _add(p, "config", None, type=Path, help="JSON overrides: sim, tsh, train, cem, td3, formula")
     _add(p, "threads", None, type=_positive_int, help="torch threads per run (default 1)")
     _add(p, "jobs", 1, type=_positive_int, help="runs in parallel processes (default 1)")
@@ -277,6 +282,8 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
+    import dataclasses
+
     from trainer.study.config import PaperConfig
     from trainer.study.report import render_run
     from trainer.study.run import StudyMismatch, run_paper
@@ -298,9 +305,26 @@ def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
             changes["torch_threads"] = int(args.threads)
         if args.methods:
             changes["methods"] = tuple(m.strip() for m in str(args.methods).split(",") if m)
+        if args.budget:
+            try:
+                changes["budgets"] = tuple(int(float(b)) for b in str(args.budget).split(",") if b)
+            except ValueError:
+                msg = f"--budget: expected comma-separated numbers, got {args.budget!r}"
+                raise ValueError(msg) from None
+        if args.dose is not None:
+            changes["dose"] = float(args.dose)
+        if args.world_seed is not None or args.data_dir:
+            sim = config.sim
+            if args.world_seed is not None:
+                sim = sim.replace(seed=int(args.world_seed))
+            if args.data_dir:
+                sim = sim.replace(data_dir=str(args.data_dir))
+            changes["sim"] = sim
+        if args.eval_sessions:
+            changes["train"] = dataclasses.replace(
+                config.train, eval_sessions=int(args.eval_sessions)
+            )
         if changes:
-            import dataclasses
-
             config = dataclasses.replace(config, **changes)
     except (ValueError, TypeError) as exc:
         raise CLIError(str(exc)) from exc

@@ -58,9 +58,9 @@ class PaperConfig:
         if self.torch_threads < 1:
             raise ValueError("torch_threads must be >= 1")
         if not self.budgets or any(b < 1 for b in self.budgets):
-            raise ValueError("budgets must be positive request counts")
+            raise ValueError("--budget / budgets must be positive request counts")
         if list(self.budgets) != sorted(set(self.budgets)):
-            raise ValueError("budgets must be increasing")
+            raise ValueError("--budget / budgets must be increasing")
         if self.dose < 0:
             raise ValueError("dose must be >= 0")
         unknown = [m for m in self.methods if m not in METHOD_BY_KEY]
