@@ -16,7 +16,14 @@ import redis
 
 from shared import events as ev
 from tests.conftest import RedisServer
-from tests.trainer.test_consume import STREAM, _config, _feedback, _log_sessions, _pending, _rank
+from tests.trainer.stream.test_consume import (
+    STREAM,
+    _config,
+    _feedback,
+    _log_sessions,
+    _pending,
+    _rank,
+)
 from trainer.stream.codec import decode_transition
 from trainer.stream.consume import StreamTrainer
 
