@@ -61,13 +61,15 @@ def train_on_simulator(
     config: SimulateConfig,
     progress: bool = True,
     log_metrics: Callable[[dict[str, float]], None] | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
-    """Train xMTF with TSH against the simulator and evaluate it against the plain sum."""
+    """Train xMTF with TSH against the simulator and evaluate it against the plain sum
+    (``device``: where the networks live; the simulator and the replay stay on the CPU)."""
     t0 = time.perf_counter()
     tc = config.train
     sim = UserSimulator(config.sim.replace(seed=tc.seed))
     tasks = sim.task_specs()
-    agent = TSHAgent(tasks, sim.state_dim, config.tsh, seed=tc.seed)
+    agent = TSHAgent(tasks, sim.state_dim, config.tsh, seed=tc.seed).to(device)
     replay = ReplayBuffer(
         tc.replay_capacity, sim.state_dim, len(tasks), tc.replay_candidates, seed=tc.seed
     )
