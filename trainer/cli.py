@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,25 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    _add(p, "device", "cpu", help="auto | cpu | cuda | cuda:N (auto: cuda when torch sees one)")
+    _add(p, "threads", 1, type=_positive_int, help="torch intra-op threads (default 1)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,15 +94,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--until-idle", action="store_true", help="stop once the stream is drained")
     _add(p, "max-events", None, type=_positive_int)
     _add(
-        p, "export-every", 0, type=int, help="publish a version every N transitions (0: at the end)"
+        p,
+        "export-every",
+        0,
+        type=_non_negative_int,
+        help="publish a version every N transitions (0: at the end)",
     )
-    _add(p, "updates-per-transition", 0.25, type=float)
+    _add(p, "export-every-updates", 0, type=_non_negative_int, help="... every N updates (0: off)")
+    _add(
+        p,
+        "export-every-seconds",
+        0.0,
+        type=_seconds,
+        help="... every S seconds that saw updates (0: off)",
+    )
+    _add(p, "updates-per-transition", 0.25, type=float, help="update credit per new transition")
+    _add(p, "max-updates", None, type=_non_negative_int, help="at most N updates in this run")
+    _add(
+        p,
+        "time-budget",
+        None,
+        type=_seconds,
+        help="finish (final export included) within S seconds of start; ingest stops early "
+        "if it must, what it did not read stays in the stream",
+    )
     _add(p, "min-replay", 256, type=_positive_int, help="transitions stored before training starts")
+    _add(p, "read-count", 2000, type=_positive_int, help="stream entries per read")
+    _add_runtime(p)
 
     p = sub.add_parser("simulate", help="train with TSH against the user simulator")
     _add(p, "config", None, type=Path, help="JSON file with sections sim, tsh, train")
     _add(p, "out", "results/simulate", type=Path)
     _add(p, "publish-to", None, type=Path, help="also export the result into this model dir")
+    _add_runtime(p)
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("export", help="export a checkpoint (checkpoint.safetensors) as a version")
@@ -185,8 +229,13 @@ def _calibrated(tasks: tuple[TaskSpec, ...], path: Path) -> tuple[TaskSpec, ...]
 def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
     import redis
 
+    from trainer.runtime import resolve_device, set_threads
     from trainer.stream.consume import ConsumeConfig, StreamTrainer
 
+    if float(args.updates_per_transition) < 0:
+        raise CLIError("--updates-per-transition must be >= 0")
+    set_threads(int(args.threads))
+    device = resolve_device(str(args.device))
     client = redis.Redis.from_url(args.redis_url, socket_timeout=10, socket_connect_timeout=3)
     try:
         client.ping()
@@ -200,11 +249,17 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
         until_idle=args.until_idle,
         max_events=args.max_events,
         export_every=int(args.export_every),
+        export_every_updates=int(args.export_every_updates),
+        export_every_seconds=float(args.export_every_seconds),
         updates_per_transition=float(args.updates_per_transition),
+        max_updates=None if args.max_updates is None else int(args.max_updates),
+        time_budget_s=None if args.time_budget is None else float(args.time_budget),
         min_replay=int(args.min_replay),
+        read_count=int(args.read_count),
+        device=device,
     )
     try:
-        trainer = StreamTrainer(args.model_dir, config, client)
+        trainer = StreamTrainer(args.model_dir, config, client, started=args.started)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from exc
     stats = trainer.run(
@@ -212,18 +267,22 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
             "events %d transitions %d updates %d", s.events, s.transitions, s.updates
         )
     )
-    return stats.as_dict()
+    return {**stats.as_dict(), "device": device}
 
 
 def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.export import export_version
+    from trainer.runtime import resolve_device, set_threads
     from trainer.simulate import SimulateConfig, train_on_simulator, write_outputs
 
     try:
         config = SimulateConfig.from_file(args.config) if args.config else SimulateConfig()
     except (ValueError, TypeError) as exc:
         raise CLIError(f"--config: {exc}") from exc
-    result = train_on_simulator(config, progress=not args.no_progress)
+    set_threads(int(args.threads))
+    device = resolve_device(str(args.device))
+    result = train_on_simulator(config, progress=not args.no_progress, device=device)
+    result.agent.to("cpu")  # the checkpoint and the ONNX export are written from the CPU
     summary = write_outputs(result, config, args.out)
     table = _summary_table(summary)
     print(table, file=sys.stderr)
@@ -232,6 +291,7 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
         "plain_sum": summary["plain_sum"],
         "xmtf": summary["xmtf"],
         "seconds": round(result.seconds, 1),
+        "device": device,
     }
     if result.selection:
         sel = result.selection
@@ -409,7 +469,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # what `consume --time-budget` counts from
     args = _parser().parse_args(argv)
+    args.started = started
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

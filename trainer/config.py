@@ -58,6 +58,11 @@ class TSHConfig:
     # session, held for all its requests, so a ~7 s one-step effect adds up over the session
     # (the simulator loop knows sessions; the scorer explores per request).
     exploration_noise: str = "step"
+    # Opt-in speed knob (changes what is learned, so off by default): the inner stage's pair
+    # losses (eqs. 16-17) use a random ``pair_candidates`` of each replayed request's real
+    # candidates instead of all of them (0: all). Cost is ~linear in it for the MFCs and
+    # quadratic for the pairs.
+    pair_candidates: int = 0
 
     def __post_init__(self) -> None:
         if not -0.5 < self.action_low < self.action_high:
@@ -74,6 +79,8 @@ class TSHConfig:
             raise ValueError("transfer_temperature must be > 0")
         if self.action_l2 < 0:
             raise ValueError("action_l2 must be >= 0")
+        if self.pair_candidates < 0 or self.pair_candidates == 1:
+            raise ValueError("pair_candidates must be 0 (all) or >= 2")
         if self.exploration_scale < 0:
             raise ValueError("exploration_scale must be >= 0")
 

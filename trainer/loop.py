@@ -134,7 +134,8 @@ class TSHLearner:
         return len(self.replay) >= learning_starts
 
     def learn(self) -> dict[str, float]:
-        return self.agent.update(self.replay.sample(self.batch_size))
+        rows = self.agent.config.inner_batch_size  # the inner stage reads these candidates only
+        return self.agent.update(self.replay.sample(self.batch_size, candidate_rows=rows))
 
     def score_fn(self) -> ScoreFn:
         return policy_score_fn(self.agent)

@@ -119,6 +119,24 @@ class MFCBank(nn.Module):
                 h = torch.tanh(h)
         return torch.sigmoid(h.squeeze(-1))
 
+    def forward_task_major(self, state_n: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s maths laid out task-major, ``(K, B*N, H)``: each layer is one
+        batched matmul per task (K GEMMs of B*N rows) instead of B*K small ones, and the
+        weight gradients need no reduction over broadcast copies. Training and scoring use it;
+        :meth:`forward` stays the exported graph. Returns a (B, K, N) view."""
+        b, k, n = predictions.shape
+        h0 = self.hidden[0]
+        x = self.normalise(predictions).transpose(0, 1).contiguous().unsqueeze(-1)  # (K, B, N, 1)
+        state_part = self.state_proj(state_n).view(b, k, 1, h0).transpose(0, 1)  # (K, B, 1, H)
+        w_pred = self._path(self.w_pred).view(k, 1, 1, h0)
+        h = torch.tanh(torch.addcmul(state_part, x, w_pred)).reshape(k, b * n, h0)
+        n_layers = len(self.weights)
+        for i, (w, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.baddbmm(bias, h, self._path(w))
+            if i < n_layers - 1:
+                h = torch.tanh(h)
+        return torch.sigmoid(h.view(k, b, n)).transpose(0, 1)
+
 
 def mlp(in_dim: int, hidden: int, out_dim: int, n_layers: int = 5) -> nn.Sequential:
     """An ``n_layers``-layer MLP (n_layers linear layers, ReLU between them)."""

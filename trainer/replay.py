@@ -80,16 +80,26 @@ class ReplayBuffer:
         mask[:, :n] = True
         return preds, mask
 
-    def sample(self, batch_size: int) -> Batch:
+    def sample(self, batch_size: int, candidate_rows: int | None = None) -> Batch:
+        """A uniform batch. ``candidate_rows=n`` copies the candidates (``predictions``,
+        ``mask``) of the first n rows only, for a learner that reads no more of them (the same
+        draw, a fraction of the copying)."""
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         idx = self.rng.integers(0, self.size, size=min(batch_size, self.size))
+        rows = idx if candidate_rows is None else idx[:candidate_rows]
         return Batch(
             state=self.state[idx],
             action=self.action[idx],
             reward=self.reward[idx],
             next_state=self.next_state[idx],
             done=self.done[idx],
-            predictions=self.predictions[idx],
-            mask=self.mask[idx],
+            predictions=self.predictions[rows],
+            mask=self.mask[rows],
         )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffer's arrays at full capacity."""
+        arrays = (self.state, self.action, self.reward, self.next_state, self.done)
+        return sum(a.nbytes for a in (*arrays, self.predictions, self.mask))

@@ -64,16 +64,18 @@ def train_on_simulator(
     config: SimulateConfig,
     progress: bool = True,
     log_metrics: Callable[[dict[str, float]], None] | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
     """Train xMTF with TSH against the simulator, keep the checkpoint that validation users
     prefer (never one worse than the start: :mod:`trainer.selection`), and evaluate it on the
-    evaluation users against the plain sum."""
+    evaluation users against the plain sum (``device``: where the networks live; the simulator
+    and the replay stay on the CPU)."""
     t0 = time.perf_counter()
     tc = config.train
     world = config.sim.replace(seed=tc.seed)
     sim = UserSimulator(world)
     tasks = sim.task_specs()
-    agent = TSHAgent(tasks, sim.state_dim, config.tsh, seed=tc.seed)
+    agent = TSHAgent(tasks, sim.state_dim, config.tsh, seed=tc.seed).to(device)
     replay = ReplayBuffer(
         tc.replay_capacity, sim.state_dim, len(tasks), tc.replay_candidates, seed=tc.seed
     )

@@ -8,9 +8,11 @@ target sync. Each step returns ``dict[str, float]`` for one metrics sink.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +26,17 @@ from trainer.networks import Actor, Critic, MFCBank, RunningNorm
 from trainer.replay import Batch
 
 
-def to_tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+def to_tensor(a: np.ndarray | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """float32 tensor of ``a`` (a tensor stays on its device unless ``device`` is given)."""
+    if isinstance(a, torch.Tensor):
+        return a.to(device=device, dtype=torch.float32)
+    return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)
+
+
+def _floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar tensors to floats with one device-to-host copy (one sync on a GPU)."""
+    values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
+    return dict(zip(metrics, values, strict=True))
 
 
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
@@ -63,12 +74,24 @@ class TSHAgent:
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.inner_opt = torch.optim.Adam(self.mfc.parameters(), lr=cfg.inner_lr)
         self.updates = 0
+        self._pair_rng = np.random.default_rng([seed, 1])  # cfg.pair_candidates only
         if fit_neutral and cfg.use_inner:
             self.fit_neutral()
 
     @property
     def directions(self) -> torch.Tensor:
         return self.mfc.direction
+
+    @property
+    def device(self) -> torch.device:
+        return self.mfc.direction.device
+
+    def to(self, device: torch.device | str) -> TSHAgent:
+        """Move every network (and so the updates) to ``device``; optimisers follow their
+        parameters. Acting and scoring still take and return numpy arrays."""
+        for module in self._modules().values():
+            module.to(device)
+        return self
 
     # ------------------------------------------------------------------ initialisation
 
@@ -98,7 +121,7 @@ class TSHAgent:
 
     def observe(self, states: np.ndarray) -> None:
         """Update the observation normaliser with collected states."""
-        self.norm.update(to_tensor(states))
+        self.norm.update(to_tensor(states, self.device))
 
     def _state(self, states: torch.Tensor) -> torch.Tensor:
         """Normalised states, or zeros for the ``use_state=False`` ablation."""
@@ -119,7 +142,7 @@ class TSHAgent:
         """Actions (B, K) for raw states, and the exploration noise that was applied (``noise``
         given: that noise, e.g. one held per session; otherwise a fresh draw)."""
         cfg = self.config
-        mu = self.actor(self._state(to_tensor(states))).numpy()
+        mu = self.actor(self._state(to_tensor(states, self.device))).cpu().numpy()
         if not explore or cfg.exploration_scale == 0:
             return mu, np.zeros_like(mu)
         if noise is None:
@@ -133,20 +156,23 @@ class TSHAgent:
         themselves, flipped to ``1 - o`` for a direction -1 task so the outer stage stays
         monotone in the task's direction."""
         if self.config.use_inner:
-            return self.mfc(state_n, predictions)
+            return self.mfc.forward_task_major(state_n, predictions)
         flip = self.directions.view(1, -1, 1) < 0
         return torch.where(flip, 1.0 - predictions, predictions)
 
     @torch.no_grad()
     def inner(self, states: np.ndarray, predictions: np.ndarray) -> np.ndarray:
         """Inner-stage outputs (B, K, N) for raw states (B, D) and predictions (B, K, N)."""
-        return self._inner(self._state(to_tensor(states)), to_tensor(predictions)).numpy()
+        dev = self.device
+        q_inner = self._inner(self._state(to_tensor(states, dev)), to_tensor(predictions, dev))
+        return q_inner.cpu().numpy()
 
     @torch.no_grad()
     def scores(self, states: np.ndarray, predictions: np.ndarray, action: np.ndarray) -> np.ndarray:
         """Fused scores (B, N) of eq. 8 with the outer stage of eq. 11."""
-        q_inner = self._inner(self._state(to_tensor(states)), to_tensor(predictions))
-        return losses.fused_score(losses.outer_stage(q_inner, to_tensor(action))).numpy()
+        dev = self.device
+        q_inner = self._inner(self._state(to_tensor(states, dev)), to_tensor(predictions, dev))
+        return losses.fused_score(losses.outer_stage(q_inner, to_tensor(action, dev))).cpu().numpy()
 
     # ------------------------------------------------------------------ updates
 
@@ -163,7 +189,7 @@ class TSHAgent:
         loss.backward()
         nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
         self.critic_opt.step()
-        return {"critic_loss": float(loss.detach()), "q_mean": float(q.detach().mean())}
+        return _floats({"critic_loss": loss, "q_mean": q.mean()})
 
     def update_actor(self, batch: Batch) -> dict[str, float]:
         s = self._state(to_tensor(batch.state))
@@ -175,18 +201,20 @@ class TSHAgent:
             # gradient left) then drives the fusion without end. Keeping a near 0 keeps the
             # outer stage a small, reversible correction of the inner one.
             loss = loss + self.config.action_l2 * action.pow(2).mean()
-        self.actor_opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.actor.parameters(), self.config.grad_clip)
+        # only the actor's gradients: the critic's weight gradients would be thrown away
+        params = list(self.actor.parameters())
+        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+            p.grad = g
+        nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         self.actor_opt.step()
-        return {"actor_loss": float(loss.detach()), "action_mean": float(action.detach().mean())}
+        return _floats({"actor_loss": loss, "action_mean": action.mean()})
 
     def update_inner(self, batch: Batch) -> dict[str, float]:
         """Eq. 18 on a batch of requests: the current policy's outer stage is the label."""
         n = min(self.config.inner_batch_size, batch.state.shape[0])
-        s = self._state(to_tensor(batch.state[:n]))
-        preds, mask = to_tensor(batch.predictions[:n]), torch.as_tensor(batch.mask[:n])
-        q_inner = self.mfc(s, preds)
+        s = self._state(to_tensor(batch.state[:n], self.device))
+        preds, mask = self._inner_candidates(batch, n)
+        q_inner = self.mfc.forward_task_major(s, preds)
         with torch.no_grad():
             q_outer = losses.outer_stage(q_inner, self.actor(s))
         z_outer, z_inner = losses.fused_score(q_outer), losses.fused_score(q_inner)
@@ -200,23 +228,55 @@ class TSHAgent:
             transfer = losses.transfer_loss(z_outer, z_inner, mask)
         return self.inner_step(preds, q_inner, mask, transfer)
 
+    def _inner_candidates(self, batch: Batch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions (n, K, M') and mask (n, M') of the inner stage's requests: padding columns
+        that no request uses are dropped (the same losses, less work); with
+        ``pair_candidates = c`` a random c of each request's real candidates (opt-in)."""
+        preds, mask = np.asarray(batch.predictions[:n]), np.asarray(batch.mask[:n])
+        used = np.flatnonzero(mask.any(axis=0))
+        width = int(used[-1]) + 1 if used.size else 1
+        preds, mask = preds[:, :, :width], mask[:, :width]
+        c = self.config.pair_candidates
+        if 0 < c < width:  # real candidates first, in random order
+            keys = self._pair_rng.random(mask.shape) - mask
+            keep = np.argpartition(keys, c - 1, axis=1)[:, :c]
+            preds = np.take_along_axis(preds, keep[:, None, :], axis=2)
+            mask = np.take_along_axis(mask, keep, axis=1)
+        dev = self.device
+        return to_tensor(preds, dev), torch.as_tensor(mask, device=dev)
+
     def inner_step(
         self, preds: torch.Tensor, q_inner: torch.Tensor, mask: torch.Tensor, transfer: torch.Tensor
     ) -> dict[str, float]:
         """Eq. 18 given its transfer term (whatever labelled it): adds the monotonicity loss
         over the masked candidates and takes one optimiser step on the MFCs."""
-        mono = losses.monotonicity_loss(preds, q_inner, self.directions, mask)
+        mono, violation = losses.monotonicity_loss_and_violations(
+            preds, q_inner, self.directions, mask
+        )
         loss = losses.inner_loss(mono, transfer, self.config.lam)
         self.inner_opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(self.mfc.parameters(), self.config.grad_clip)
         self.inner_opt.step()
-        return {
-            "inner_loss": float(loss.detach()),
-            "transfer_loss": float(transfer.detach()),
-            "mono_loss": float(mono.detach().sum()),
-            "mono_violation": losses.violation_rate(preds, q_inner.detach(), self.directions, mask),
+        return _floats(
+            {
+                "inner_loss": loss,
+                "transfer_loss": transfer,
+                "mono_loss": mono.sum(),
+                "mono_violation": violation,
+            }
+        )
+
+    def _batch_on_device(self, batch: Batch) -> Batch:
+        """Off the CPU, the critic's and actor's fields as tensors on the device (one copy
+        each); the candidates stay on the host until the inner stage picks its columns."""
+        if self.device.type == "cpu":
+            return batch
+        moved: dict[str, Any] = {
+            f: to_tensor(getattr(batch, f), self.device)
+            for f in ("state", "action", "reward", "next_state", "done")
         }
+        return dataclasses.replace(batch, **moved)
 
     def sync_targets(self) -> None:
         soft_update(self.actor_target, self.actor, self.config.tau)
@@ -224,6 +284,7 @@ class TSHAgent:
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One TSH step: critic, actor, inner stage (unless ``use_inner=False``), target sync."""
+        batch = self._batch_on_device(batch)
         metrics = self.update_critic(batch)
         metrics |= self.update_actor(batch)
         if self.config.use_inner:
@@ -247,7 +308,7 @@ class TSHAgent:
     def save(self, path: Path) -> None:
         """Weights as safetensors; tasks, state_dim and config as its JSON metadata."""
         tensors = {
-            f"{name}.{key}": value.detach().contiguous()
+            f"{name}.{key}": value.detach().cpu().contiguous()
             for name, module in self._modules().items()
             for key, value in module.state_dict().items()
         }

@@ -50,6 +50,10 @@ def _consume_cmd(model_dir: Path, server: RedisServer) -> list[str]:
         "16",
         "--updates-per-transition",
         "2",
+        # a few entries per read: ingest no longer waits for learning, so without this the
+        # whole stream is stored before the drill can kill the consumer in the middle
+        "--read-count",
+        "4",
     ]
 
 

@@ -9,10 +9,20 @@ replay buffer. So a crash loses nothing (a restarted trainer rebuilds its replay
 replay stream and re-reads what was not acknowledged) and counts nothing twice (a redelivered
 request id is recognised). Malformed entries go to a dead-letter stream. Entries that
 ``MAXLEN ~`` trimmed before the group read them are counted as lost.
+
+Ingest is decoupled from learning: this module's loop (read, decode, join, store, ack) runs at
+stream speed on the main thread and hands stored transitions to a
+:class:`~trainer.stream.learner.BackgroundLearner`, which trains on its own thread at the
+configured compute budget (updates per transition, ``max_updates``, ``time_budget_s``) and
+publishes versions every N transitions, updates or seconds. ``until_idle``: ingest until the
+stream is drained, let the learner spend what the budget allows, export, exit. A time budget
+bounds the whole run, start-up and the final export included (ingest stops early if it must;
+what it did not read stays in the stream for the next run).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +40,7 @@ from trainer.export import ExportResult, export_version, load_agent
 from trainer.replay import ReplayBuffer
 from trainer.stream.codec import Transition, decode_transition, encode_transition
 from trainer.stream.joiner import RewardConfig, SessionJoiner
+from trainer.stream.learner import BackgroundLearner, LearnBudget
 from trainer.tsh import TSHAgent
 
 log = logging.getLogger(__name__)
@@ -41,7 +52,7 @@ class ConsumeConfig:
     stream: str = DEFAULT_STREAM
     group: str = "xmtf-trainer"
     consumer: str = "trainer-1"
-    read_count: int = 500
+    read_count: int = 2000  # entries per XREADGROUP (one round trip, one transaction to store)
     block_ms: int = 500
     claim_idle_ms: int = 600_000  # pending entries idle this long are claimed from dead consumers
     dedupe_retention_s: float = 7 * 86400.0  # how long trained request ids are remembered
@@ -49,10 +60,17 @@ class ConsumeConfig:
     until_idle: bool = False
     max_events: int | None = None
     export_every: int = 0  # transitions between exports (0: export when done)
+    export_every_updates: int = 0  # updates between exports (0: off)
+    export_every_seconds: float = 0.0  # seconds between exports that have new updates (0: off)
     updates_per_transition: float = 0.25
+    max_updates: int | None = None  # updates in this run (None: no cap)
+    time_budget_s: float | None = None  # the whole run, final export included (None: no cap)
+    export_reserve_s: float = 4.0  # kept for the final export (<= budget / 4) until one is timed
     min_replay: int = 256
     replay_capacity: int = 200_000
     replay_candidates: int = 64
+    restore_chunk: int = 5000  # replay entries per XRANGE while restoring
+    device: str = "cpu"  # where the learner's networks live: "cpu", "cuda", "cuda:1", ...
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     @property
@@ -81,6 +99,9 @@ class ConsumeStats:
 
     restored: int = 0  # transitions reloaded from the replay stream at start
     lost: int = 0  # entries trimmed from the stream before this group read them
+    ingest_seconds: float = 0.0  # start of reading to drained (or stopped)
+    seconds: float = 0.0  # the whole run, final export included
+    stopped_by: str = ""  # "idle", "max_events", "time_budget" (or "" while running)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -90,8 +111,14 @@ class StreamTrainer:
     """Consumes the session log and trains the current model version."""
 
     def __init__(
-        self, model_dir: Path, config: ConsumeConfig, client: redis.Redis | None = None
+        self,
+        model_dir: Path,
+        config: ConsumeConfig,
+        client: redis.Redis | None = None,
+        started: float | None = None,
     ) -> None:
+        """``started``: the ``time.monotonic()`` the time budget counts from (default now)."""
+        self.started = time.monotonic() if started is None else started
         self.model_dir = Path(model_dir)
         self.config = config
         version = read_current(self.model_dir)
@@ -100,7 +127,7 @@ class StreamTrainer:
                 f"{self.model_dir} has no CURRENT version; run `xmtf-train init` first"
             )
         self.base_version = version
-        self.agent: TSHAgent = load_agent(self.model_dir / version)
+        self.agent: TSHAgent = load_agent(self.model_dir / version).to(config.device)
         self.task_names = tuple(t.name for t in self.agent.tasks)
         self.redis = client or redis.Redis.from_url(
             config.redis_url, socket_timeout=10, socket_connect_timeout=5
@@ -114,8 +141,26 @@ class StreamTrainer:
             seed=self.agent.seed,
         )
         self.stats = ConsumeStats()
-        self._update_credit = 0.0
-        self._since_export = 0
+        self.learner = BackgroundLearner(
+            self.agent, self.replay, self._budget(), self.export, self._record_update
+        )
+        self._export_seconds = 0.0  # the longest export of this run
+
+    def _budget(self) -> LearnBudget:
+        cfg = self.config
+        return LearnBudget(
+            updates_per_transition=cfg.updates_per_transition,
+            min_replay=cfg.min_replay,
+            max_updates=cfg.max_updates,
+            deadline=None,  # set by run(), once the export reserve is known
+            export_every_transitions=cfg.export_every,
+            export_every_updates=cfg.export_every_updates,
+            export_every_seconds=cfg.export_every_seconds,
+        )
+
+    def _record_update(self, metrics: dict[str, float]) -> None:
+        self.stats.last_metrics = metrics
+        self.stats.updates += 1
 
     # ------------------------------------------------------------------ stream plumbing
 
@@ -129,12 +174,14 @@ class StreamTrainer:
     def _read(self, start: str = ">") -> list[tuple[str, dict[bytes, bytes]]]:
         """New entries (``start=">"``) or this consumer's pending entries after ``start``."""
         cfg = self.config
+        block = None
+        if start == ">":
+            block = cfg.block_ms
+            deadline = self._deadline()
+            if deadline is not None:  # never wait past the time budget
+                block = max(1, min(block, int(1000 * (deadline - time.monotonic()))))
         reply: Any = self.redis.xreadgroup(
-            cfg.group,
-            cfg.consumer,
-            {cfg.stream: start},
-            count=cfg.read_count,
-            block=cfg.block_ms if start == ">" else None,
+            cfg.group, cfg.consumer, {cfg.stream: start}, count=cfg.read_count, block=block
         )
         return self._live([(eid, fields) for _, items in reply or [] for eid, fields in items])
 
@@ -158,7 +205,7 @@ class StreamTrainer:
     def _read_own_pending(self) -> None:
         """Re-process everything this consumer name left unacknowledged (after a crash)."""
         start = "0"
-        while True:
+        while not self._out_of_time():
             entries = self._read(start)
             if not entries:
                 return
@@ -169,7 +216,7 @@ class StreamTrainer:
         """Take over entries that other (dead) consumers of the group left pending."""
         cfg = self.config
         start = "0-0"
-        while True:
+        while not self._out_of_time():
             reply = self.redis.xautoclaim(
                 cfg.stream,
                 cfg.group,
@@ -286,106 +333,144 @@ class StreamTrainer:
             pipe.zadd(cfg.trained_key, {t.request_id: now for t in fresh})
         pipe.xack(cfg.stream, cfg.group, *[e for t in transitions for e in t.entry_ids])
         pipe.execute()
-        if fresh:
-            self.agent.observe(np.stack([t.state for t in fresh]))
+        if fresh:  # stored: now the learner may see them (its normaliser observes the states)
             self._add_to_replay(fresh)
+            self.learner.added(np.stack([t.state for t in fresh]))
         self.stats.transitions += len(fresh)
         return len(fresh)
 
     def restore_replay(self) -> int:
-        """Reload the newest ``replay_capacity`` transitions from the replay stream."""
+        """Reload the newest ``replay_capacity`` transitions from the replay stream, oldest
+        first, ``restore_chunk`` entries at a time (the ring keeps the newest; memory stays
+        that of the buffer)."""
         cfg = self.config
-        entries: Any = self.redis.xrevrange(cfg.transitions_stream, count=cfg.replay_capacity)
-        restored = []
-        for entry_id, fields in reversed(entries):
-            try:
-                restored.append(decode_transition(fields))
-            except ValueError as exc:
-                log.warning("skipping replay entry %s: %s", entry_id, exc)
-        if restored:
-            self._add_to_replay(restored)
-        self.stats.restored = len(restored)
-        return len(restored)
+        start, restored = "-", 0
+        while True:
+            entries: Any = self.redis.xrange(
+                cfg.transitions_stream, min=start, count=cfg.restore_chunk
+            )
+            if not entries:
+                break
+            chunk = []
+            for entry_id, fields in entries:
+                try:
+                    chunk.append(decode_transition(fields))
+                except ValueError as exc:
+                    log.warning("skipping replay entry %s: %s", entry_id, exc)
+            if chunk:  # no update credit: the model has already learned from them
+                self._add_to_replay(chunk)
+            restored += len(chunk)
+            last = entries[-1][0]
+            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+        self.stats.restored = min(restored, cfg.replay_capacity)
+        return self.stats.restored
 
     def _add_to_replay(self, transitions: list[Transition]) -> None:
         by_width: dict[int, list[Transition]] = {}
         for t in transitions:  # requests logged with different candidate counts
             by_width.setdefault(t.predictions.shape[1], []).append(t)
         for group in by_width.values():
-            self.replay.add(
-                np.stack([t.state for t in group]),
-                np.stack([t.action for t in group]),
-                np.array([t.reward for t in group], np.float32),
-                np.stack([t.next_state for t in group]),
-                np.array([t.done for t in group], np.float32),
-                np.stack([t.predictions for t in group]),
-            )
+            with self.learner.lock:  # the learner samples from the same buffer
+                self.replay.add(
+                    np.stack([t.state for t in group]),
+                    np.stack([t.action for t in group]),
+                    np.array([t.reward for t in group], np.float32),
+                    np.stack([t.next_state for t in group]),
+                    np.array([t.done for t in group], np.float32),
+                    np.stack([t.predictions for t in group]),
+                )
 
-    # ------------------------------------------------------------------ training
-
-    def train(self, new_transitions: int) -> None:
-        if len(self.replay) < min(self.config.min_replay, self.config.replay_capacity):
-            return
-        self._update_credit += new_transitions * self.config.updates_per_transition
-        n = int(self._update_credit)
-        self._update_credit -= n
-        for _ in range(n):
-            self.stats.last_metrics = self.agent.update(
-                self.replay.sample(self.agent.config.batch_size)
-            )
-            self.stats.updates += 1
+    # ------------------------------------------------------------------ learning
 
     def export(self) -> ExportResult | None:
+        """Publish the current model (on the learner's thread, or after it stopped)."""
         if self.stats.updates == 0:
-            log.info("no training updates since the last export; nothing to publish")
+            log.info("no training updates in this run; nothing to publish")
             return None
-        result = export_version(
-            self.agent,
-            self.model_dir,
-            training={
-                "source": "consume",
-                "base_version": self.base_version,
-                "stream": self.config.stream,
-                **{
-                    k: v
-                    for k, v in self.stats.as_dict().items()
-                    if k in ("events", "transitions", "updates")
+        t0 = time.monotonic()
+        device = self.agent.device
+        if device.type != "cpu":  # ONNX export and its checks run on the CPU
+            self.agent.to("cpu")
+        try:
+            result = export_version(
+                self.agent,
+                self.model_dir,
+                training={
+                    "source": "consume",
+                    "base_version": self.base_version,
+                    "stream": self.config.stream,
+                    **{
+                        k: v
+                        for k, v in self.stats.as_dict().items()
+                        if k in ("events", "transitions", "updates")
+                    },
+                    "metrics": self.stats.last_metrics,
                 },
-                "metrics": self.stats.last_metrics,
-            },
-        )
+            )
+        finally:
+            if device.type != "cpu":
+                self.agent.to(device)
         self.stats.exports.append(result.version)
-        self._since_export = 0
+        self._export_seconds = max(self._export_seconds, time.monotonic() - t0)
+        # a slow export moves the learner's stop time earlier (the final one must still fit)
+        self.learner.budget = dataclasses.replace(self.learner.budget, deadline=self._deadline())
         return result
 
     def _process(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
-        new = self.store(self.handle(entries))
+        self.store(self.handle(entries))
         expired, dropped = self.joiner.expire(time.time(), self.config.session_timeout_s)
-        new += self.store(expired)
+        self.store(expired)
         if dropped:
             self.redis.xack(self.config.stream, self.config.group, *dropped)
             self.stats.incomplete += len(dropped)
-        self.train(new)
-        self._since_export += new
-        if self.config.export_every and self._since_export >= self.config.export_every:
-            self.export()
+        self.learner.check()
+
+    def _deadline(self) -> float | None:
+        """When ingest and learning must stop so the final export fits the time budget."""
+        if self.config.time_budget_s is None:
+            return None
+        budget = self.config.time_budget_s
+        # until an export has been timed: export_reserve_s, at most a quarter of the budget
+        reserve = max(min(self.config.export_reserve_s, budget / 4), 2.0 * self._export_seconds)
+        return self.started + budget - reserve
+
+    def _out_of_time(self) -> bool:
+        deadline = self._deadline()
+        return deadline is not None and time.monotonic() >= deadline
 
     def run(self, progress: Callable[[ConsumeStats], None] | None = None) -> ConsumeStats:
-        """Consume until idle (``until_idle``), ``max_events``, or forever."""
+        """Consume until idle (``until_idle``), ``max_events``, the time budget, or forever."""
         cfg = self.config
+        self.learner.budget = dataclasses.replace(self.learner.budget, deadline=self._deadline())
         self.ensure_group()
         self.redis.zremrangebyscore(cfg.trained_key, "-inf", time.time() - cfg.dedupe_retention_s)
         self.restore_replay()
         self._count_trimmed_unread()
-        self._read_own_pending()
-        self._claim_stale()
-        while cfg.max_events is None or self.stats.events < cfg.max_events:
-            entries = self._read()
-            if not entries and cfg.until_idle:
-                break
-            self._process(entries)
-            if progress:
-                progress(self.stats)
-        if self._since_export or (not cfg.export_every and self.stats.updates):
-            self.export()
+        self.learner.start()
+        t_ingest = time.monotonic()
+        try:
+            self._read_own_pending()
+            self._claim_stale()
+            while True:
+                if cfg.max_events is not None and self.stats.events >= cfg.max_events:
+                    self.stats.stopped_by = "max_events"
+                    break
+                if self._out_of_time():
+                    self.stats.stopped_by = "time_budget"
+                    break
+                entries = self._read()
+                if not entries and cfg.until_idle:
+                    self.stats.stopped_by = "idle"
+                    break
+                self._process(entries)
+                if progress:
+                    progress(self.stats)
+            self.stats.ingest_seconds = time.monotonic() - t_ingest
+            self.learner.finish()  # spends the remaining credit within the caps
+        except BaseException:
+            self.learner.stop()
+            raise
+        if self.learner.has_unexported:
+            self.learner.export_now()
+        self.stats.seconds = time.monotonic() - self.started
         return self.stats
