@@ -339,7 +339,7 @@ class Runner:
 
         def make(action: np.ndarray) -> ScoreFn:
             a = np.asarray(action, np.float32)
-            return lambda s, p: agent.scores(s, p, np.broadcast_to(a, (len(s), k)))
+            return lambda s, p: agent.scores(s, p, np.tile(a, (len(s), 1)))
 
         return make, tsh.action_low, tsh.action_high, np.zeros(k)
 
