@@ -27,16 +27,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 
-from scorer.errors import InputError, error_response
+from scorer.errors import HTTPError, InputError, error_response
 from scorer.eventlog import EventLogger, PendingRank
 from scorer.logs import configure_logging, request_id_var
 from scorer.metrics import Metrics
 from scorer.model import LoadedModel, ModelStore
 from scorer.parsing import Limits, load_json, parse_rank
-from shared.fusion import exploration_noise
 from scorer.settings import ScorerSettings
 from shared.api import FeedbackRequest, RankRequest, RankResponse
 from shared.events import FeedbackEvent, FeedbackItemEvent, SessionEndEvent
+from shared.fusion import exploration_noise
 
 log = logging.getLogger("scorer")
 
@@ -127,7 +127,7 @@ class Scorer:
     def model_or_503(self) -> LoadedModel:
         model = self.store.current
         if model is None:
-            raise InputError("no model is loaded yet", None, status=503, code="not_ready")
+            raise HTTPError(status=503, code="not_ready", message="no model is loaded yet")
         return model
 
     async def read_body(self, request: Request) -> bytes:
@@ -135,14 +135,11 @@ class Scorer:
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise InputError(f"body exceeds {limit} bytes", None, status=413, code="body_too_large")
+            raise InputError(f"body exceeds {limit} bytes", status=413, code="body_too_large")
         content_type = request.headers.get("content-type", "application/json").lower()
         if "json" not in content_type:
             raise InputError(
-                "content type must be application/json",
-                None,
-                status=415,
-                code="unsupported_media_type",
+                "content type must be application/json", status=415, code="unsupported_media_type"
             )
         chunks, size = [], 0
         try:
@@ -150,12 +147,14 @@ class Scorer:
                 size += len(chunk)
                 if size > limit:
                     raise InputError(
-                        f"body exceeds {limit} bytes", None, status=413, code="body_too_large"
+                        f"body exceeds {limit} bytes", status=413, code="body_too_large"
                     )
                 chunks.append(chunk)
         except ClientDisconnect:
             # the client went away mid-body: nothing to answer, and not a server error
-            raise InputError("client disconnected", None, 499, "client_disconnected") from None
+            raise HTTPError(
+                status=499, code="client_disconnected", message="client disconnected"
+            ) from None
         return b"".join(chunks)
 
 
@@ -195,8 +194,8 @@ def create_app(settings: ScorerSettings) -> FastAPI:
     app.state.scorer = scorer
     app.add_middleware(LatencyMiddleware, metrics=scorer.metrics)
 
-    @app.exception_handler(InputError)
-    async def input_error(request: Request, exc: InputError) -> Response:
+    @app.exception_handler(HTTPError)
+    async def input_error(request: Request, exc: HTTPError) -> Response:
         scorer.metrics.rejections[exc.code] += 1
         log.info(
             "rejected %s %s: %s",
@@ -380,12 +379,19 @@ def create_app(settings: ScorerSettings) -> FastAPI:
     async def admin_reload(request: Request) -> Response:
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         if not token:
-            raise InputError(
-                "admin routes are disabled (XMTF_ADMIN_TOKEN is unset)", None, 404, "not_found"
+            raise HTTPError(
+                status=404,
+                code="not_found",
+                message="admin routes are disabled (XMTF_ADMIN_TOKEN is unset)",
             )
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise InputError("missing or wrong bearer token", "Authorization", 401, "unauthorized")
+            raise HTTPError(
+                status=401,
+                code="unauthorized",
+                message="missing or wrong bearer token",
+                field="Authorization",
+            )
         swapped = await asyncio.to_thread(scorer.store.refresh, True)
         model = scorer.store.current
         return _json(

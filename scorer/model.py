@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from shared.fusion import fused_scores
 from scorer.serving_graph import ServingGraphError, build_serving_graph
+from shared.fusion import fused_scores
 from shared.manifest import Manifest, ManifestError, read_current, read_manifest, verify_files
 
 log = logging.getLogger(__name__)

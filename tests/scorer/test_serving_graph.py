@@ -10,8 +10,8 @@ import pytest
 
 from scorer import model as model_module
 from scorer.model import LoadedModel, ModelRefused, load_version
-from shared.fusion import fused_scores, top_n
 from scorer.serving_graph import ServingGraphError, build_serving_graph
+from shared.fusion import fused_scores, top_n
 
 K, D = 3, 5  # the shared exported_model fixture: click, like, skip; state_dim 5
 
