@@ -33,10 +33,10 @@ from scorer.logs import configure_logging, request_id_var
 from scorer.metrics import Metrics
 from scorer.model import LoadedModel, ModelStore
 from scorer.parsing import Limits, load_json, parse_rank
+from scorer.ranker import Ranker
 from scorer.settings import ScorerSettings
 from shared.api import FeedbackRequest, RankRequest, RankResponse
 from shared.events import FeedbackEvent, FeedbackItemEvent, SessionEndEvent
-from shared.fusion import exploration_noise
 
 log = logging.getLogger("scorer")
 
@@ -101,7 +101,7 @@ class Scorer:
         self.store = ModelStore(settings.model_dir)
         self.metrics = Metrics()
         self.limits = Limits(settings.max_candidates, settings.max_top_n)
-        self.rng = np.random.default_rng(settings.seed)
+        self.ranker = Ranker(settings.exploration_scale, np.random.default_rng(settings.seed))
         self.events: EventLogger | None = None
         if settings.log_events:
             self.events = EventLogger(
@@ -233,42 +233,13 @@ def create_app(settings: ScorerSettings) -> FastAPI:
         body = await scorer.read_body(request)
         req = parse_rank(body, model.task_names, model.state_dim, scorer.limits)
         request_id_var.set(req.request_id)
-        m = model.manifest
-        noise = exploration_noise(
-            len(m.tasks), settings.exploration_scale, m.action_low, m.action_high, scorer.rng
-        )
-        ranked = model.rank(req.state, req.predictions, noise, req.top_n)
-        returned = [req.item_ids[i] for i in ranked.indices.tolist()]
+        result = scorer.ranker.execute(model, req)
         scorer.metrics.candidates.observe(len(req.item_ids))
         if scorer.events:
-            scorer.events.emit(
-                PendingRank(
-                    request_id=req.request_id,
-                    session_id=req.session_id,
-                    user_id=req.user_id,
-                    ts=time.time(),
-                    model_version=model.version,
-                    tasks=model.task_names,
-                    state=req.state,
-                    action=ranked.action,
-                    noise=ranked.noise,
-                    exploration_scale=settings.exploration_scale,
-                    item_ids=req.item_ids,
-                    predictions=req.predictions,
-                    returned_ids=returned,
-                )
-            )
-        return _json(
-            {
-                "request_id": req.request_id,
-                "model_version": model.version,
-                "items": [
-                    {"item_id": item, "score": s}
-                    for item, s in zip(returned, ranked.scores.tolist(), strict=True)
-                ],
-                "action": ranked.action.tolist(),
-                "explored": bool(settings.exploration_scale > 0),
-            },
+            scorer.events.emit(PendingRank(req, result, time.time()))
+        return Response(
+            result.response(req.request_id),
+            media_type="application/json",
             background=encode_events,
         )
 
