@@ -32,7 +32,15 @@ from scorer.eventlog import PendingRank
 from scorer.logs import request_id_var
 from scorer.parsing import load_json, parse_rank
 from scorer.state import ScorerState
-from shared.api import FeedbackRequest, RankRequest, RankResponse
+from shared.api import (
+    ErrorBody,
+    FeedbackRequest,
+    FeedbackResponse,
+    ModelInfo,
+    RankRequest,
+    RankResponse,
+    TaskInfo,
+)
 from shared.events import FeedbackEvent, FeedbackItemEvent, SessionEndEvent
 
 COMPONENTS = "#/components/schemas/{model}"
@@ -41,6 +49,20 @@ BODY_MODELS: tuple[type[BaseModel], ...] = (RankRequest, FeedbackRequest)
 
 router = APIRouter()
 bench_router = APIRouter(include_in_schema=False)
+
+_ERRORS = {
+    401: "Missing or wrong bearer token.",
+    404: "Admin routes are disabled (XMTF_ADMIN_TOKEN is unset).",
+    413: "Body or candidate list above the configured limits.",
+    415: "Content type other than JSON.",
+    422: "Invalid input; `field` names the first offending field.",
+    503: "No model is loaded yet.",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` documenting ``statuses`` with the SPEC's error body."""
+    return {s: {"model": ErrorBody, "description": _ERRORS[s]} for s in statuses}
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -97,7 +119,12 @@ def _validation_field(exc: ValidationError) -> tuple[str, str | None]:
 # ----------------------------------------------------------------------------- the API
 
 
-@router.post("/v1/rank", response_model=RankResponse, openapi_extra=json_body(RankRequest))
+@router.post(
+    "/v1/rank",
+    response_model=RankResponse,
+    responses=errors(413, 415, 422, 503),
+    openapi_extra=json_body(RankRequest),
+)
 async def rank(request: Request) -> Response:
     scorer = scorer_state(request)
     model = scorer.model_or_503()
@@ -115,7 +142,16 @@ async def rank(request: Request) -> Response:
     )
 
 
-@router.post("/v1/feedback", status_code=202, openapi_extra=json_body(FeedbackRequest))
+_ACCEPTED = orjson.dumps(FeedbackResponse().model_dump())
+
+
+@router.post(
+    "/v1/feedback",
+    status_code=202,
+    response_model=FeedbackResponse,
+    responses=errors(413, 415, 422),
+    openapi_extra=json_body(FeedbackRequest),
+)
 async def feedback(request: Request) -> Response:
     scorer = scorer_state(request)
     body = await read_body(request, scorer.settings.max_body_bytes)
@@ -132,25 +168,24 @@ async def feedback(request: Request) -> Response:
         scorer.events.emit(FeedbackEvent(*ids, now, items, fb.session_end))
         if fb.session_end:
             scorer.events.emit(SessionEndEvent(*ids, now))
-    return _json({"accepted": True}, 202, scorer.encode_events)
+    return Response(_ACCEPTED, 202, media_type="application/json", background=scorer.encode_events)
 
 
-@router.get("/v1/model")
+@router.get("/v1/model", response_model=ModelInfo, responses=errors(503))
 async def model_info(request: Request) -> Response:
     model = scorer_state(request).model_or_503()
     m = model.manifest
-    return _json(
-        {
-            "version": m.version,
-            "tasks": [{"name": t.name, "direction": t.direction} for t in m.tasks],
-            "state_dim": m.state_dim,
-            "created_at": m.created_at,
-            "action_low": m.action_low,
-            "action_high": m.action_high,
-            "checks": m.checks.model_dump(),
-            "loaded_at": model.loaded_at,
-        }
+    info = ModelInfo(
+        version=m.version,
+        tasks=[TaskInfo(name=t.name, direction=t.direction) for t in m.tasks],
+        state_dim=m.state_dim,
+        created_at=m.created_at,
+        action_low=m.action_low,
+        action_high=m.action_high,
+        checks=m.checks.model_dump(),
+        loaded_at=model.loaded_at,
     )
+    return _json(info.model_dump())
 
 
 # ----------------------------------------------------------------------------- operations
@@ -206,7 +241,7 @@ async def metrics(request: Request) -> Response:
     )
 
 
-@router.post("/admin/reload")
+@router.post("/admin/reload", responses=errors(401, 404))
 async def admin_reload(request: Request) -> Response:
     scorer = scorer_state(request)
     secret = scorer.settings.admin_token

@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 from scorer.errors import HTTPError, InputError, error_response
+from shared.api import ErrorBody, ErrorDetail
 
 
 def test_http_error_takes_keyword_arguments_only() -> None:
@@ -42,3 +43,9 @@ def test_error_response_is_the_spec_body() -> None:
             "field": "Authorization",
         }
     }
+    assert ErrorBody.model_validate_json(bytes(resp.body)) == ErrorBody(
+        error=ErrorDetail(
+            code="unauthorized", message="missing or wrong bearer token", field="Authorization"
+        )
+    )
+    assert orjson.loads(error_response(503, "not_ready", "no model").body)["error"]["field"] is None

@@ -1,5 +1,6 @@
 """The routes of ``scorer/routes.py`` by name: module-level handlers on their routers, the body
-reader's refusals (413, 415, 499) on raw ASGI requests, and each app reading its own state."""
+reader's refusals (413, 415, 499) on raw ASGI requests, each app reading its own state, and the
+cold routes' answers against the ``shared/api.py`` models that document them in OpenAPI."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from starlette.requests import Request
 
 from scorer import routes
@@ -18,6 +21,7 @@ from scorer.app import create_app
 from scorer.errors import HTTPError, InputError
 from scorer.settings import ScorerSettings
 from scorer.state import ScorerState
+from shared.api import ErrorBody, FeedbackResponse, ModelInfo
 from tests.scorer.test_app import rank_body
 
 
@@ -112,3 +116,46 @@ def test_each_app_reads_its_own_state(model_dir: Path) -> None:
     assert answers[0]["action"] == answers[2]["action"] != answers[1]["action"]
     ranked = [sum(app.state.scorer.metrics.candidates.series[()][:-1]) for app in (quiet, loud)]
     assert ranked == [2, 1]
+
+
+def test_cold_routes_answer_their_documented_models(model_dir: Path) -> None:
+    settings = ScorerSettings(model_dir=model_dir, log_events=False, admin_token=SecretStr("t"))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        doc = client.get("/openapi.json").json()
+        model = client.get("/v1/model")
+        ids = {"request_id": "r", "session_id": "s", "user_id": "u"}
+        accepted = client.post("/v1/feedback", json=ids)
+        refused = [
+            client.post("/v1/rank", content=b"[]", headers={"content-type": "application/json"}),
+            client.post("/v1/feedback", content=b"{}", headers={"content-type": "text/plain"}),
+            client.post("/admin/reload"),
+        ]
+    info = ModelInfo.model_validate_json(model.content)
+    assert model.content == orjson.dumps(info.model_dump())  # nothing the model drops or adds
+    assert [t.name for t in info.tasks] == ["click", "like", "skip"] and info.state_dim == 5
+    assert (accepted.status_code, FeedbackResponse.model_validate_json(accepted.content)) == (
+        202,
+        FeedbackResponse(accepted=True),
+    )
+    assert [r.status_code for r in refused] == [422, 415, 401]
+    for resp in refused:
+        ErrorBody.model_validate_json(resp.content)
+
+    def schema(path: str, method: str, status: str) -> str:
+        content = doc["paths"][path][method]["responses"][status]["content"]
+        ref: str = content["application/json"]["schema"]["$ref"]
+        return ref.rsplit("/", 1)[1]
+
+    assert schema("/v1/model", "get", "200") == "ModelInfo"
+    assert schema("/v1/feedback", "post", "202") == "FeedbackResponse"
+    assert schema("/v1/rank", "post", "200") == "RankResponse"
+    documented = {
+        ("/v1/rank", "post"): {"413", "415", "422", "503"},
+        ("/v1/feedback", "post"): {"413", "415", "422"},
+        ("/v1/model", "get"): {"503"},
+        ("/admin/reload", "post"): {"401", "404"},
+    }
+    for (path, method), statuses in documented.items():
+        responses = doc["paths"][path][method]["responses"]
+        assert {s for s in responses if s >= "4"} == statuses
+        assert {schema(path, method, s) for s in statuses} == {"ErrorBody"}
