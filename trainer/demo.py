@@ -132,13 +132,12 @@ def drive_users(base: str, sim: UserSimulator, n_sessions: int, seed: int, tag: 
             return r.json()
 
         while obs.active.any():
-            users = np.flatnonzero(obs.active)
-            active: list[int] = users.tolist()
-            bodies = [_rank_body(tag, seed, u, lengths[u], obs, names, top_n) for u in active]
+            users = [int(u) for u in np.flatnonzero(obs.active)]
+            bodies = [_rank_body(tag, seed, u, lengths[u], obs, names, top_n) for u in users]
             replies = list(pool.map(lambda b: post("/v1/rank", b), bodies))
             shown = np.tile(np.arange(top_n), (n_sessions, 1))
             shown_ids: dict[int, list[str]] = {}
-            for u, body, reply in zip(active, bodies, replies, strict=True):
+            for u, body, reply in zip(users, bodies, replies, strict=True):
                 versions.add(reply["model_version"])
                 index = {item: i for i, item in enumerate(body["item_ids"])}
                 shown_ids[u] = [it["item_id"] for it in reply["items"]]
@@ -147,7 +146,7 @@ def drive_users(base: str, sim: UserSimulator, n_sessions: int, seed: int, tag: 
             res = sim.step(shown)
             feedback = [
                 _feedback_body(b, shown_ids[u], res, u, names)
-                for u, b in zip(active, bodies, strict=True)
+                for u, b in zip(users, bodies, strict=True)
             ]
             list(pool.map(lambda b: post("/v1/feedback", b), feedback))
             returns[users] += res.reward[users]
