@@ -20,20 +20,17 @@ What it does (everything it starts, it stops; it writes only ``results/`` and a 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +40,9 @@ from loadtest.bodies import TOP_N, make_bodies
 from loadtest.build_models import STATE_DIM, task_names
 from loadtest.client import RunResult, encode_request, run_async, run_sync
 from loadtest.floors import load_model, measure
+from trainer import harness
+from trainer.harness import HOST, ScorerProcess
 
-HOST = "127.0.0.1"
 NS = (100, 500, 2000)
 KS = (2, 6, 12, 24)
 MAIN_K, MAIN_N = 6, 500
@@ -57,65 +55,18 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 # ---------------------------------------------------------------------------- processes
 
 
 @contextmanager
-def redis_server(workdir: Path):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit(
-            "bench: redis-server is not installed (Debian: apt-get install redis-server)"
-        )
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            HOST,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def redis_server(workdir: Path) -> Iterator[tuple[str, int]]:
+    """A throwaway ``redis-server`` (the harness's): its URL and port."""
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection((HOST, port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://{HOST}:{port}/0", port
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        harness.redis_server_executable()
+    except harness.HarnessError as exc:
+        raise SystemExit(f"bench: {exc}") from None
+    with harness.redis_server(workdir) as server:
+        yield server.url, server.port
 
 
 def redis_cmd(port: int, *args: str) -> bytes:
@@ -123,31 +74,6 @@ def redis_cmd(port: int, *args: str) -> bytes:
     with socket.create_connection((HOST, port), timeout=2) as s:
         s.sendall(cmd.encode())
         return s.recv(4096)
-
-
-@dataclass
-class Scorer:
-    proc: subprocess.Popen[bytes]
-    port: int
-    workers: int
-
-    def pids(self) -> list[int]:
-        """The processes that serve requests: the workers (or the single process)."""
-        if self.workers == 1:
-            return [self.proc.pid]
-        out = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True
-        ).stdout.split()
-        # uvicorn's supervisor spawns the workers (multiprocessing ``spawn_main``) and may also
-        # run a multiprocessing resource tracker, which is not a worker.
-        return [int(p) for p in out if "spawn_main" in _cmdline(int(p))]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def rss_mb(pid: int) -> dict[str, float]:
@@ -169,53 +95,22 @@ def torch_mapped(pid: int) -> bool:
 @contextmanager
 def scorer(
     model_dir: Path, redis_url: str, workers: int, logfile: Path, env: dict[str, str] | None = None
-):
-    port = free_port()
-    exe = Path(sys.executable).with_name("xmtf-scorer")
-    cmd = [
-        str(exe) if exe.exists() else "xmtf-scorer",
-        "--model-dir",
-        str(model_dir),
-        "--redis-url",
+) -> Iterator[ScorerProcess]:
+    """``xmtf-scorer`` (the harness's) with session logging and the echo route on, its output
+    appended to ``logfile``; ready, and with several workers given 3 s to load their models."""
+    s = ScorerProcess(
+        model_dir,
         redis_url,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--log-level",
-        "warning",
-    ]
-    env = {**os.environ, "XMTF_BENCH_ECHO": "true", "XMTF_LOG_EVENTS": "true", **(env or {})}
-    with logfile.open("ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
-    s = Scorer(proc, port, workers)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                tail = logfile.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"scorer exited ({proc.returncode}):\n{tail}")
-            try:
-                status, _ = _get(f"http://{HOST}:{port}/readyz")
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                tail = logfile.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"scorer not ready after 60 s:\n{tail}")
-            time.sleep(0.1)
+        env={"XMTF_BENCH_ECHO": "true", "XMTF_LOG_EVENTS": "true", **(env or {})},
+        workers=workers,
+        log_level="warning",
+        logfile=logfile,
+        stop_timeout=20.0,
+    )
+    with harness.running_scorer(s):
         if workers > 1:  # every worker must have loaded its model before measuring
             time.sleep(3.0)
         yield s
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # it may have exited already (the error)
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -239,7 +134,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def c1_pair(s: Scorer, rank: list[bytes], echo: list[bytes], count: int, rounds: int = 5):
+def c1_pair(s: ScorerProcess, rank: list[bytes], echo: list[bytes], count: int, rounds: int = 5):
     """Echo and rank at concurrency 1, alternating in ``rounds`` blocks; warm-up first.
 
     Also the scorer's CPU time per request, which, unlike wall time, hardly moves when other
@@ -273,7 +168,7 @@ def c1_pair(s: Scorer, rank: list[bytes], echo: list[bytes], count: int, rounds:
     return out
 
 
-def load_run(s: Scorer, reqs: list[bytes], count: int, c: int) -> dict[str, Any]:
+def load_run(s: ScorerProcess, reqs: list[bytes], count: int, c: int) -> dict[str, Any]:
     r: RunResult = run_async(HOST, s.port, reqs, count, c, warmup=max(200, 4 * c))
     return {
         "concurrency": c,
@@ -287,7 +182,7 @@ def load_run(s: Scorer, reqs: list[bytes], count: int, c: int) -> dict[str, Any]
     }
 
 
-def check_answer(s: Scorer, body: bytes) -> None:
+def check_answer(s: ScorerProcess, body: bytes) -> None:
     req = urllib.request.Request(
         f"http://{HOST}:{s.port}/v1/rank", data=body, headers={"content-type": "application/json"}
     )
@@ -518,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                 res["memory"].append(_memory(s))
                 for n in NS:
                     res["throughput"] += _throughput(s, bodies[n], n, load_count)
-                _, body = _get(f"http://{HOST}:{s.port}/readyz")
+                _, body = harness.get(f"{s.base}/readyz")
                 ev_state = json.loads(body).get("event_log", {})
             with scorer(models / f"k{MAIN_K}", redis_url, 2, logfile) as s:
                 for n in NS:
@@ -553,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _memory(s: Scorer) -> dict[str, Any]:
+def _memory(s: ScorerProcess) -> dict[str, Any]:
     pids = s.pids()
     mem = [rss_mb(p) for p in pids]
     return {
@@ -565,7 +460,9 @@ def _memory(s: Scorer) -> dict[str, Any]:
     }
 
 
-def _throughput(s: Scorer, bodies: list[bytes], n: int, load_count: int) -> list[dict[str, Any]]:
+def _throughput(
+    s: ScorerProcess, bodies: list[bytes], n: int, load_count: int
+) -> list[dict[str, Any]]:
     rank = [encode_request(HOST, s.port, "/v1/rank", b) for b in bodies]
     echo = [encode_request(HOST, s.port, "/bench/echo", b) for b in bodies]
     count = load_count if n < 2000 else load_count // 3

@@ -89,7 +89,7 @@ def main() -> int:
                 spy,
                 "record",
                 "--pid",
-                str(s.proc.pid),
+                str(s.pids()[0]),
                 "--duration",
                 str(args.seconds),
                 "--rate",

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
@@ -31,52 +31,48 @@ from redis.retry import Retry
 
 from shared.events import EVENT_FIELDS, Event, RankEvent, encode
 
+if TYPE_CHECKING:
+    from scorer.parsing import RankInput
+    from scorer.ranker import RankResult
+
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PendingRank:
-    """What the request path hands to the logger; sampled and encoded off the request path."""
+    """What the rank route hands to the logger: its parsed request, what the ranker did with it
+    and when; sampled and encoded into a :class:`RankEvent` off the request path."""
 
-    request_id: str
-    session_id: str
-    user_id: str
+    request: RankInput
+    result: RankResult
     ts: float
-    model_version: str
-    tasks: tuple[str, ...]
-    state: np.ndarray
-    action: np.ndarray
-    noise: np.ndarray
-    exploration_scale: float
-    item_ids: list[str]
-    predictions: np.ndarray  # (K, N)
-    returned_ids: list[str]
 
     def to_event(self, max_candidates: int, rng: np.random.Generator) -> RankEvent:
-        n = len(self.item_ids)
+        req, res = self.request, self.result
+        n = len(req.item_ids)
         if n > max_candidates:  # uniform sample without replacement, in input order
             keep = np.sort(rng.permutation(n)[:max_candidates])
-            picked = operator.itemgetter(*keep.tolist())(self.item_ids)
+            picked = operator.itemgetter(*keep.tolist())(req.item_ids)
             ids = picked if max_candidates > 1 else (picked,)
-            preds = self.predictions.take(keep, axis=1)
+            preds = req.predictions.take(keep, axis=1)
         else:
-            ids, preds = tuple(self.item_ids), self.predictions
+            ids, preds = tuple(req.item_ids), req.predictions
         return RankEvent(
-            request_id=self.request_id,
-            session_id=self.session_id,
-            user_id=self.user_id,
+            request_id=req.request_id,
+            session_id=req.session_id,
+            user_id=req.user_id,
             ts=self.ts,
-            model_version=self.model_version,
-            tasks=self.tasks,
-            state=self.state.reshape(-1),
-            action=self.action,
-            noise=self.noise,
-            exploration_scale=self.exploration_scale,
+            model_version=res.model_version,
+            tasks=res.tasks,
+            state=req.state.reshape(-1),
+            action=res.action,
+            noise=res.noise,
+            exploration_scale=res.exploration_scale,
             n_candidates=n,
             sample_rate=len(ids) / n,
             sampled_ids=ids,
             predictions=preds,
-            returned_ids=tuple(self.returned_ids),
+            returned_ids=tuple(res.returned_ids),
         )
 
 

@@ -51,7 +51,7 @@ def load_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InputError(f"body is not valid JSON: {exc}", None, code="invalid_json") from exc
+        raise InputError(f"body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
 def _id(value: Any, field: str) -> str:

@@ -68,29 +68,33 @@ class FeedbackRequest(BaseModel):
 
 
 class FeedbackResponse(BaseModel):
+    """``POST /v1/feedback`` answer (202)."""
+
     accepted: bool = True
 
 
 class TaskInfo(BaseModel):
     name: str
-    direction: int
+    direction: int = Field(description="1: more is better; -1: less is better (skip, dislike)")
 
 
 class ModelInfo(BaseModel):
+    """``GET /v1/model`` answer: the served version, as its manifest describes it."""
+
     version: str
     tasks: list[TaskInfo]
     state_dim: int
     created_at: str
     action_low: float
     action_high: float
-    checks: dict[str, object]
-    loaded_at: str
+    checks: dict[str, object] = Field(description="figures of the checks export ran")
+    loaded_at: str = Field(description="when this scorer process loaded the version (UTC)")
 
 
 class ErrorDetail(BaseModel):
-    code: str
+    code: str = Field(description="machine-readable, e.g. invalid_input, body_too_large")
     message: str
-    field: str | None = None
+    field: str | None = Field(description="the offending field, or null")
 
 
 class ErrorBody(BaseModel):

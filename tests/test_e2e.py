@@ -7,7 +7,6 @@ xmtf-train init -> xmtf-scorer -> /v1/rank + /v1/feedback -> Redis Stream -> xmt
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ import numpy as np
 import pytest
 import redis
 
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisServer
+from trainer.harness import HarnessError, ScorerProcess
 
 BIN = Path(sys.executable).parent
 TASKS = ["watch", "like", "dislike"]
@@ -51,37 +51,21 @@ def scorer(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[str, Pat
         "--directions",
         ",".join(map(str, DIRECTIONS)),
     )
-    port = free_port()
-    env = {**os.environ, "XMTF_POLL_INTERVAL_S": "0.2", "XMTF_EVENTS_STREAM": STREAM}
-    proc = subprocess.Popen(
-        [
-            str(BIN / "xmtf-scorer"),
-            "--model-dir",
-            str(model_dir),
-            "--redis-url",
-            redis_server.url,
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
+    scorer = ScorerProcess(
+        model_dir,
+        redis_server.url,
+        env={"XMTF_POLL_INTERVAL_S": "0.2", "XMTF_EVENTS_STREAM": STREAM},
+        log_level="warning",
     )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("scorer did not become ready")
-        yield base, model_dir
+        scorer.start(timeout=30)
+    except HarnessError as exc:
+        scorer.stop()
+        pytest.fail(f"scorer did not become ready: {exc}")
+    try:
+        yield scorer.base, model_dir
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        scorer.stop()
 
 
 def _session(client: httpx.Client, rng: np.random.Generator, sid: str, steps: int) -> int:

@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,16 +27,11 @@ import httpx
 import numpy as np
 import redis
 
+from trainer import harness
 from trainer.sim import Observation, SimConfig, StepResult, UserSimulator
 
 log = logging.getLogger("xmtf-demo")
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -49,61 +43,38 @@ def reachable_redis(url: str) -> Iterator[str]:
         return
     except redis.RedisError:
         pass
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit(f"no Redis at {url} and redis-server is not installed")
-    port = _free_port()
-    log.info("no Redis at %s: starting redis-server on port %d", url, port)
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
-    )
-    local = f"redis://127.0.0.1:{port}/0"
     try:
-        for _ in range(100):
-            with contextlib.suppress(redis.RedisError):
-                redis.Redis.from_url(local).ping()
-                break
-            time.sleep(0.05)
-        yield local
+        harness.redis_server_executable()
+    except harness.HarnessError:
+        raise SystemExit(f"no Redis at {url} and redis-server is not installed") from None
+    server = harness.RedisServer()
+    log.info("no Redis at %s: starting redis-server on port %d", url, server.port)
+    server.start()
+    try:
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop(graceful=True)
 
 
 @contextlib.contextmanager
 def running_scorer(model_dir: Path, redis_url: str, stream: str) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "XMTF_POLL_INTERVAL_S": "0.5", "XMTF_EXPLORATION_SCALE": "0.1"}
-    cmd = [
-        str(BIN / "xmtf-scorer"),
-        "--model-dir",
-        str(model_dir),
-        "--redis-url",
+    scorer = harness.ScorerProcess(
+        model_dir,
         redis_url,
-        "--events-stream",
-        stream,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(cmd, env=env)
-    base = f"http://127.0.0.1:{port}"
+        env={"XMTF_POLL_INTERVAL_S": "0.5", "XMTF_EXPLORATION_SCALE": "0.1"},
+        log_level="warning",
+        args=["--events-stream", stream],
+        stop_timeout=15.0,
+    )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None:
-                raise SystemExit("the scorer exited during start-up")
-            time.sleep(0.1)
-        else:
-            raise SystemExit("the scorer did not become ready within 60 s")
-        yield base
+        scorer.start(timeout=60)
+    except harness.HarnessError as exc:
+        scorer.stop()
+        raise SystemExit(f"the scorer did not start: {exc}") from None
+    try:
+        yield scorer.base
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        scorer.stop()
 
 
 @dataclass

@@ -1,23 +1,20 @@
 """Helpers for drills and fuzzing against a real ``xmtf-scorer`` process (uvicorn).
 
-``ScorerProcess`` starts the installed console script in its own session (process group), waits
-for ``/readyz`` and stops it; ``LoadLoop`` keeps a few keep-alive ``httpx.Client`` threads calling
-``/v1/rank`` with realistic bodies and records every request (start time, latency, status,
-``model_version``), so that a drill can look at windows of the run.
+``ScorerProcess`` is the harness's (``trainer/harness.py``: the installed console script in its
+own session, ready on ``/readyz``) with the drills' settings; ``LoadLoop`` keeps a few
+keep-alive ``httpx.Client`` threads calling ``/v1/rank`` with realistic bodies and records every
+request (start time, latency, status, ``model_version``), so that a drill can look at windows of
+the run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +23,9 @@ import numpy as np
 import orjson
 
 from tests import helpers
-from tests.conftest import RedisServer, free_port
 from tests.helpers import wait_until as _wait_until
+from trainer import harness
 
-BIN = Path(sys.executable).parent
 TASKS = ("click", "like", "skip")  # the ``exported_model`` fixture's tasks
 STATE_DIM = 5
 
@@ -82,102 +78,24 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def child_pids(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            out += [int(p) for p in task.read_text().split()]
-    return out
+#: What the drills' scorers run with unless a drill says otherwise.
+DRILL_ENV = {
+    "XMTF_POLL_INTERVAL_S": "0.1",
+    "XMTF_EVENTS_STREAM": "xmtf:drill-events",
+    "XMTF_REDIS_BACKOFF_MAX_S": "0.2",
+}
 
 
 @dataclass
-class ScorerProcess:
-    """One ``xmtf-scorer`` subprocess (``--workers`` > 1: a uvicorn supervisor and its workers)."""
+class ScorerProcess(harness.ScorerProcess):
+    """The harness's ``xmtf-scorer`` subprocess with the drills' settings (:data:`DRILL_ENV`,
+    fast ``CURRENT`` polls and Redis back-off) and its RSS."""
 
-    model_dir: Path
-    redis_url: str
-    env: dict[str, str] = field(default_factory=dict)
-    workers: int = 1
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, wait: bool = True, timeout: float = 60.0) -> dict[str, Any] | None:
-        env = {
-            **os.environ,
-            "XMTF_POLL_INTERVAL_S": "0.1",
-            "XMTF_EVENTS_STREAM": "xmtf:drill-events",
-            "XMTF_REDIS_BACKOFF_MAX_S": "0.2",
-            **self.env,
-        }
-        cmd = [
-            str(BIN / "xmtf-scorer"),
-            "--model-dir",
-            str(self.model_dir),
-            "--redis-url",
-            self.redis_url,
-            "--port",
-            str(self.port),
-            "--log-level",
-            "error",
-        ]
-        if self.workers > 1:
-            cmd += ["--workers", str(self.workers)]
-        self.proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-        return self.wait_ready(timeout) if wait else None
-
-    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
-        """The body of the first ``/readyz`` that answers 200."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.alive(), f"xmtf-scorer exited with {self.proc and self.proc.returncode}"
-            try:
-                resp = httpx.get(f"{self.base}/readyz", timeout=2)
-                if resp.status_code == 200:
-                    return resp.json()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("xmtf-scorer did not become ready")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def pids(self) -> list[int]:
-        """The serving processes: the workers, or the single process."""
-        assert self.proc is not None
-        if self.workers == 1:
-            return [self.proc.pid]
-        workers = []  # uvicorn's spawned workers (not multiprocessing's resource tracker)
-        for pid in child_pids(self.proc.pid):
-            with contextlib.suppress(OSError):
-                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    workers.append(pid)
-        return workers
+    def __post_init__(self) -> None:
+        self.env = {**DRILL_ENV, **self.env}
 
     def rss_mib(self) -> float:
         return sum(_rss_kib(p) for p in self.pids()) / 1024
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (the supervisor and its workers)."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self.kill()  # whatever is left of the group (workers of a supervisor that died first)
 
 
 @dataclass
@@ -294,12 +212,7 @@ def failures(samples: list[Sample]) -> list[str]:
 @contextlib.contextmanager
 def scorer_with_redis(model_dir: Path, workdir: Path, stream: str) -> Iterator[ScorerProcess]:
     """A throwaway ``redis-server`` and a scorer process logging to ``stream`` on it."""
-    server = RedisServer(port=free_port(), workdir=workdir)
-    server.start()
-    scorer = ScorerProcess(model_dir, server.url, env={"XMTF_EVENTS_STREAM": stream})
-    try:
-        scorer.start()
-        yield scorer
-    finally:
-        scorer.stop()
-        server.stop()
+    with harness.redis_server(workdir, graceful=False) as server:
+        scorer = ScorerProcess(model_dir, server.url, env={"XMTF_EVENTS_STREAM": stream})
+        with harness.running_scorer(scorer):
+            yield scorer

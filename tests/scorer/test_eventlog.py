@@ -20,6 +20,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from scorer.eventlog import EventLogger, PendingRank, pack_xadd, xadd_prefix
+from scorer.parsing import RankInput
+from scorer.ranker import RankResult
 from shared.events import (
     FEEDBACK,
     RANK,
@@ -347,18 +349,39 @@ def test_rank_sample_keeps_input_order_and_its_predictions(m: int) -> None:
     n, k = 10, 3
     ids = [f"i{j}" for j in range(n)]
     preds = np.arange(k * n, dtype=np.float32).reshape(k, n)
-    pending = PendingRank(
-        request_id="r", session_id="s", user_id="u", ts=1.0, model_version="v",
-        tasks=("a", "b", "c"), state=np.zeros((1, 4), np.float32),
-        action=np.zeros(k, np.float32), noise=np.zeros(k, np.float32), exploration_scale=0.1,
-        item_ids=ids, predictions=preds, returned_ids=ids[:2],
+    request = RankInput("r", "s", "u", np.zeros((1, 4), np.float32), ids, preds, 2)
+    result = RankResult(
+        model_version="v", tasks=("a", "b", "c"), action=np.zeros(k, np.float32),
+        noise=np.zeros(k, np.float32), exploration_scale=0.1, returned_ids=ids[:2],
+        scores=np.ones(2, np.float32),
     )  # fmt: skip
+    pending = PendingRank(request, result, ts=1.0)
     event = pending.to_event(m, np.random.default_rng(m))
     picked = [int(i[1:]) for i in event.sampled_ids]
     assert len(picked) == min(m, n) and picked == sorted(set(picked))
     assert event.sample_rate == len(picked) / n and event.n_candidates == n
     np.testing.assert_array_equal(event.predictions, preds[:, picked])
     assert isinstance(decode(encode(event)), RankEvent)
+
+
+def test_rank_event_takes_its_fields_from_the_request_and_the_result() -> None:
+    ids = ["a", "b", "c"]
+    state = np.arange(4, dtype=np.float32)[None, :]
+    preds = np.arange(6, dtype=np.float32).reshape(2, 3)
+    request = RankInput("r-9", "s-9", "u-9", state, ids, preds, 2)
+    result = RankResult(
+        model_version="v7", tasks=("click", "skip"), action=np.array([0.5, -0.25], np.float32),
+        noise=np.array([0.1, 0.0], np.float32), exploration_scale=0.2, returned_ids=["c", "a"],
+        scores=np.array([2.0, 1.0], np.float32),
+    )  # fmt: skip
+    event = PendingRank(request, result, ts=123.5).to_event(64, np.random.default_rng(0))
+    assert (event.request_id, event.session_id, event.user_id) == ("r-9", "s-9", "u-9")
+    assert (event.ts, event.model_version, event.tasks) == (123.5, "v7", ("click", "skip"))
+    np.testing.assert_array_equal(event.state, state[0])
+    assert event.action is result.action and event.noise is result.noise
+    assert event.exploration_scale == 0.2 and event.n_candidates == 3 and event.sample_rate == 1
+    assert event.sampled_ids == ("a", "b", "c") and event.returned_ids == ("c", "a")
+    assert event.predictions is preds  # no sampling below M: the request's own matrix
 
 
 def test_packed_xadd_is_the_command_redis_py_would_send() -> None:

@@ -83,7 +83,9 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 def verdict(rows: list[dict[str, Any]]) -> str:
     """Where the measured headroom is >= 3 % the target is a margin with CI above 0."""
-    wins, losses, ties = [], [], []
+    wins: list[str] = []
+    losses: list[str] = []
+    ties: list[str] = []
     for r in rows:
         c = r["vs_best_non_personalised"]
         if not c:
