@@ -33,15 +33,16 @@ bench: install
 bench-sim: install
 	$(BIN)/python -m loadtest.simbench
 
-## paper: the paper's offline study (Tables 3-4) on the simulator -> results/paper.md
-## (runs spread over PAPER_JOBS processes; one per core)
+## paper: the study (results/worlds.md protocol) on the held-out world 101 at d = 0 and d = 1,
+## then the dose-response table next to results/headroom.json (run `make headroom` first)
 PAPER_JOBS ?= 2
+PAPER_TRIALS ?= 10
 .PHONY: paper
 paper: install
-	$(BIN)/xmtf-train paper --out results --jobs $(PAPER_JOBS)
-	$(BIN)/xmtf-train paper --out results/deviations --jobs $(PAPER_JOBS) \
-		--methods xmtf_no_action_l2,xmtf_bpr
-	$(BIN)/xmtf-train plot --run results --out results/figures
+	$(BIN)/xmtf-train paper --out results/paper-d0 --dose 0 --trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS)
+	$(BIN)/xmtf-train paper --out results/paper-d1 --dose 1 --trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS)
+	$(BIN)/xmtf-train family --papers results/paper-d0,results/paper-d1 \
+		--headroom results/headroom.json --out results
 
 ## headroom: personalisation headroom of the world family, no learner -> results/headroom.md
 HEADROOM_JOBS ?= 1

@@ -171,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "data-dir", None, help="a KuaiRand-Pure folder: real users (disjoint folds)")
     _add(p, "jobs", 1, type=_positive_int, help="fits in parallel processes (default 1)")
 
+    p = sub.add_parser("family", help="dose-response table across the study's worlds")
+    _add(p, "papers", None, required=True, help="comma-separated `paper` output folders")
+    _add(p, "headroom", None, type=Path, help="headroom.json of `xmtf-train headroom`")
+    _add(p, "out", "results", type=Path)
+
     p = sub.add_parser("plot", help="MFC figures (paper Figs. 5-7) and training curves as PNG")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", type=Path, help="one xMTF checkpoint (Figs. 5 and 6 only)")
@@ -441,6 +446,16 @@ def cmd_headroom(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_family(args: argparse.Namespace) -> dict[str, Any]:
+    from trainer.study.family import run_family
+
+    papers = [Path(p.strip()) for p in str(args.papers).split(",") if p.strip()]
+    missing = [str(p) for p in papers if not (p / "paper.json").is_file()]
+    if missing:
+        raise CLIError(f"--papers: no paper.json in {', '.join(missing)}")
+    return run_family(papers, args.headroom, Path(args.out))
+
+
 def cmd_plot(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.study.plots import plot_checkpoint, plot_run
 
@@ -464,6 +479,7 @@ COMMANDS = {
     "export": cmd_export,
     "paper": cmd_paper,
     "headroom": cmd_headroom,
+    "family": cmd_family,
     "plot": cmd_plot,
 }
 

@@ -100,7 +100,10 @@ def verdict(rows: list[dict[str, Any]]) -> str:
         parts.append("it is within noise of it in " + ", ".join(ties))
     if losses:
         parts.append("it is below it in " + ", ".join(losses))
-    return ("; ".join(parts) + ".") if parts else "No study with xMTF was given."
+    if not parts:
+        return "No study with xMTF was given."
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:]
 
 
 def run_family(papers: list[Path], headroom: Path | None, out: Path) -> dict[str, Any]:

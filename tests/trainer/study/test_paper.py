@@ -200,3 +200,18 @@ def test_merge_adds_methods_to_an_existing_study(tmp_path: Path, capsys) -> None
     assert cli.main([*base[:3], "2", *base[4:], "--methods", "td3_1", "--merge"]) == 2
     assert "differs in trials" in capsys.readouterr().err
     assert cli.main([*base[:-3], "--out", str(tmp_path / "none"), "--merge"]) == 2
+
+
+def test_family_puts_the_contrast_next_to_the_headroom(tmp_path: Path, quick_run) -> None:
+    src, report = quick_run
+    head = tmp_path / "headroom"
+    assert cli.main(["headroom", "--quick", "--doses", "0", "--out", str(head)]) == 0
+    out = tmp_path / "family"
+    argv = ["family", "--papers", str(src), "--headroom", str(head / "headroom.json")]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    rows = json.loads((out / "dose-response.json").read_text())
+    assert len(rows) == 1 and rows[0]["dose"] == 0.0 and rows[0]["headroom"] is not None
+    assert rows[0]["vs_best_non_personalised"] == report["verdict"]["vs_best_non_personalised"]
+    md = (out / "dose-response.md").read_text()
+    assert "| 101 | 0 |" in md
+    assert cli.main(["family", "--papers", str(tmp_path / "none"), "--out", str(out)]) == 2
