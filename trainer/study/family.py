@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trainer.study.report import NOTES_FILE, render_tables
+
 
 def _contrast(verdict: dict[str, Any], key: str) -> dict[str, Any] | None:
     value = verdict.get(key)
@@ -106,9 +108,42 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     return text[0].upper() + text[1:]
 
 
+def render_paper(rows: list[dict[str, Any]], papers: list[Path], notes: str | None) -> str:
+    """results/paper.md: the dose-response table and verdict, then every world's tables."""
+    parts = [
+        "# xMTF offline study across the world family",
+        "",
+        "Assembled by `xmtf-train family` from the study folders below (each one "
+        "`xmtf-train paper` run, its own `paper.md` has the full protocol) and "
+        "`results/headroom.json`. Protocol and worlds: `results/worlds.md`.",
+        "",
+        render(rows).split("\n", 2)[2].strip(),  # the dose-response table, without its title
+    ]
+    for folder in papers:
+        report = json.loads((folder / "paper.json").read_text())
+        dose, world = report["config"].get("dose", 0.0), report["meta"]["world_seed"]
+        parts += [
+            "",
+            f"## World {world}, d = {dose:g} (`{folder}`)",
+            "",
+            f"{report['config']['trials']} training seed(s), {report['meta']['eval_sessions']} "
+            "evaluation users.",
+            "",
+            render_tables(report).replace("### ", "#### "),
+            "",
+            f"**Verdict (d = {dose:g}):** {report.get('verdict', {}).get('text', '')}",
+        ]
+    if notes:
+        parts += ["", notes.strip()]
+    return "\n".join(parts) + "\n"
+
+
 def run_family(papers: list[Path], headroom: Path | None, out: Path) -> dict[str, Any]:
     rows = dose_rows(papers, headroom)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dose-response.json").write_text(json.dumps(rows, indent=1))
     (out / "dose-response.md").write_text(render(rows))
-    return {"rows": len(rows), "verdict": verdict(rows)}
+    notes = out / NOTES_FILE
+    text = render_paper(rows, papers, notes.read_text() if notes.is_file() else None)
+    (out / "paper.md").write_text(text)
+    return {"rows": len(rows), "verdict": verdict(rows), "paper": str(out / "paper.md")}
