@@ -101,7 +101,22 @@ def plain_sum_score(state: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     return predictions.sum(axis=1)
 
 
-class TSHLearner:
+class AgentLearner:
+    """The part every learner of the study shares: its model is ``self.agent``."""
+
+    agent: Any
+
+    def save(self, path: Path) -> None:
+        self.agent.save(path)
+
+    def snapshot(self) -> Any:
+        return copy.deepcopy(self.agent)
+
+    def restore(self, snapshot: Any) -> None:
+        self.agent = snapshot
+
+
+class TSHLearner(AgentLearner):
     """xMTF (and its flag variants) behind the :class:`Learner` protocol.
 
     With ``exploration_noise="session"`` every user slot keeps one noise draw for its whole
@@ -139,15 +154,6 @@ class TSHLearner:
 
     def score_fn(self) -> ScoreFn:
         return policy_score_fn(self.agent)
-
-    def save(self, path: Path) -> None:
-        self.agent.save(path)
-
-    def snapshot(self) -> Any:
-        return copy.deepcopy(self.agent)
-
-    def restore(self, snapshot: Any) -> None:
-        self.agent = snapshot
 
 
 def run_online(

@@ -8,20 +8,16 @@ logged candidates. It learns what pays now and nothing about the session (no lon
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import torch
 
 from trainer import losses
-from trainer.loop import ScoreFn
+from trainer.loop import AgentLearner, ScoreFn
 from trainer.sim import Observation, StepResult
 from trainer.tsh import TSHAgent, to_tensor
 
 
-class MyopicMFCLearner:
+class MyopicMFCLearner(AgentLearner):
     """xMTF w/o outer stage: MFCs trained by BPR towards each shown item's watch time.
 
     Uses a :class:`TSHAgent` for its MFCs, normaliser and neutral initialisation; the actor is
@@ -100,12 +96,3 @@ class MyopicMFCLearner:
             return ag.scores(state, predictions, zeros)
 
         return score
-
-    def save(self, path: Path) -> None:
-        self.agent.save(path)
-
-    def snapshot(self) -> Any:
-        return copy.deepcopy(self.agent)
-
-    def restore(self, snapshot: Any) -> None:
-        self.agent = snapshot

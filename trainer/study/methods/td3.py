@@ -20,7 +20,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from torch import nn
 
 from trainer import losses
 from trainer.config import TSHConfig, to_dict
-from trainer.loop import ScoreFn
+from trainer.loop import AgentLearner, ScoreFn
 from trainer.networks import Actor, Critic, RunningNorm
 from trainer.replay import Batch, ReplayBuffer
 from trainer.sim import Observation, StepResult
@@ -201,7 +200,7 @@ class TD3Agent:
         save_file(tensors, str(path), metadata={"xmtf-baseline": json.dumps(meta)})
 
 
-class TD3Learner:
+class TD3Learner(AgentLearner):
     """Online TD3 on a formula (TD3-1 / TD3-2); also the behaviour policy of BatchRL-MTF when
     ``behaviour=True`` (neutral weights plus Gaussian noise, never learning)."""
 
@@ -237,12 +236,3 @@ class TD3Learner:
 
     def score_fn(self) -> ScoreFn:
         return self.agent.score_fn()
-
-    def save(self, path: Path) -> None:
-        self.agent.save(path)
-
-    def snapshot(self) -> Any:
-        return copy.deepcopy(self.agent)
-
-    def restore(self, snapshot: Any) -> None:
-        self.agent = snapshot
