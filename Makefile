@@ -43,6 +43,12 @@ paper: install
 		--methods xmtf_no_action_l2,xmtf_bpr
 	$(BIN)/xmtf-train plot --run results --out results/figures
 
+## rollout-stats: experiment statistics on the simulator (A/A false positives, guard false
+## rollbacks, rollback delay of a bad arm, power) -> results/rollout-stats.md
+.PHONY: rollout-stats
+rollout-stats: install
+	$(BIN)/python -m trainer.experiment.stats_check --out results/rollout-stats.md
+
 ## headroom: personalisation headroom of the world family, no learner -> results/headroom.md
 HEADROOM_JOBS ?= 1
 .PHONY: headroom
