@@ -199,7 +199,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"{100 * bad['true_relative_difference']:+.1f} %): rolled back "
             f"| {100 * bad['rolled_back_share']:.0f} % of {bad['trials']} | 100 % |",
             f"| bad arm: sessions (both arms) seen at rollback, median / p90 "
-            f"| {bad['sessions_at_rollback_median']} / {bad['sessions_at_rollback_p90']} | |",
+            f"| {bad['sessions_at_rollback_median']:.0f} / {bad['sessions_at_rollback_p90']:.0f} "
+            "| |",
             f"| power for +3 % at the recommended {pw['users_per_arm']} users per arm "
             f"| {100 * pw['power']:.1f} % | 80 % (design) |",
             "",
