@@ -156,7 +156,7 @@ def run(trials: int, sessions: int, seed: int = 0) -> dict[str, Any]:
     sim = UserSimulator(SimConfig())
     control = make_pool(sim, "control", sessions, seed)
     bad = make_pool(sim, "bad", sessions, seed + 1)
-    out = {
+    out: dict[str, Any] = {
         "pool": {
             "sessions": sessions,
             "users": len(control),
