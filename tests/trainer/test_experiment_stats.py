@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -102,3 +103,28 @@ def test_stats_check_small_run() -> None:
     assert r["aa"]["false_positive_rate"] <= 0.15
     assert r["aa"]["false_rollbacks_margin_0"] <= 0.1
     assert r["bad_arm"]["rolled_back_share"] == 1.0
+
+
+def test_publish_canary_keeps_current_and_starts_an_experiment(tmp_path: Path) -> None:
+    import pytest
+
+    from shared.experiment import read_experiment
+    from shared.manifest import read_current, write_current
+    from trainer.cli import _canary_share
+    from trainer.experiment.commands import ExperimentCommandError, publish_canary
+
+    write_current(tmp_path, "v1")
+    out = publish_canary(tmp_path, "v2", 0.1)
+    assert out["control"] == "v1" and read_current(tmp_path) == "v1"
+    exp = read_experiment(tmp_path)
+    assert exp is not None and exp.name == "canary-v2"
+    assert [(a.name, a.version, a.share) for a in exp.arms] == [
+        ("control", "v1", 0.9),
+        ("canary", "v2", 0.1),
+    ]
+    publish_canary(tmp_path, "v3", 0.2)  # the next version replaces it, same salt
+    again = read_experiment(tmp_path)
+    assert again is not None and again.arm("canary").version == "v3" and again.salt == exp.salt
+    with pytest.raises(ExperimentCommandError):
+        publish_canary(tmp_path, "v4", 1.0)
+    assert _canary_share("current") is None and _canary_share("canary:0.25") == 0.25
