@@ -44,6 +44,12 @@ paper: install
 	$(BIN)/xmtf-train family --papers results/paper-d0,results/paper-d1 \
 		--headroom results/headroom.json --out results
 
+## rollout-stats: experiment statistics on the simulator (A/A false positives, guard false
+## rollbacks, rollback delay of a bad arm, power) -> results/rollout-stats.md
+.PHONY: rollout-stats
+rollout-stats: install
+	$(BIN)/python -m trainer.experiment.stats_check --out results/rollout-stats.md
+
 ## headroom: personalisation headroom of the world family, no learner -> results/headroom.md
 HEADROOM_JOBS ?= 1
 .PHONY: headroom

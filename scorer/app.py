@@ -84,7 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the model (in a thread), start the event logger and the ``CURRENT`` poller; stop
     them (the logger drains what it buffered) at shutdown."""
     scorer: ScorerState = app.state.scorer
-    await asyncio.to_thread(scorer.store.refresh)
+    await asyncio.to_thread(scorer.refresh_models)
     if scorer.settings.gc_freeze:
         # Everything allocated so far (modules, FastAPI, ORT wrappers) lives as long as the
         # process: move it out of the collector's reach, so that a full collection only walks

@@ -73,6 +73,8 @@ class PendingRank:
             sampled_ids=ids,
             predictions=preds,
             returned_ids=tuple(res.returned_ids),
+            experiment=res.experiment,
+            arm=res.arm if res.experiment is not None else None,
         )
 
 

@@ -25,7 +25,16 @@ from scorer.errors import InputError
 from shared.api import MAX_ID_LENGTH
 
 _ALLOWED_KEYS = frozenset(
-    {"request_id", "session_id", "user_id", "user_state", "item_ids", "predictions", "top_n"}
+    {
+        "request_id",
+        "session_id",
+        "user_id",
+        "user_state",
+        "item_ids",
+        "predictions",
+        "top_n",
+        "explain",
+    }
 )
 
 
@@ -44,6 +53,7 @@ class RankInput:
     item_ids: list[str]
     predictions: np.ndarray  # (K, N) float32, served task order
     top_n: int
+    explain: bool = False  # SPEC §13: per-task contributions of each returned item
 
 
 def load_json(body: bytes) -> Any:
@@ -205,6 +215,9 @@ def _parse_fast(
         return None
     if type(top_n) is not int or not 1 <= top_n <= limits.max_top_n:
         return None
+    explain = doc.get("explain", False)
+    if type(explain) is not bool:
+        return None
     ids, state_json, preds = doc.get("item_ids"), doc.get("user_state"), doc.get("predictions")
     if not (
         isinstance(ids, simdjson.Array)
@@ -236,7 +249,9 @@ def _parse_fast(
     if not (np.isfinite(matrix).all() and np.isfinite(state32).all()):
         return None  # beyond float32 range
     request_id = uuid.uuid4().hex if request_id is None else request_id
-    return RankInput(request_id, session_id, user_id, state32[None, :], item_ids, matrix, top_n)
+    return RankInput(
+        request_id, session_id, user_id, state32[None, :], item_ids, matrix, top_n, explain
+    )
 
 
 def parse_rank_checked(
@@ -288,5 +303,10 @@ def parse_rank_checked(
         raise InputError("must be an integer", "top_n")
     if not 1 <= top_n <= limits.max_top_n:
         raise InputError(f"must be between 1 and {limits.max_top_n}", "top_n")
+    explain = data.get("explain", False)
+    if not isinstance(explain, bool):
+        raise InputError("must be a boolean", "explain")
 
-    return RankInput(request_id, session_id, user_id, state[None, :], item_ids, matrix, top_n)
+    return RankInput(
+        request_id, session_id, user_id, state[None, :], item_ids, matrix, top_n, explain
+    )

@@ -131,14 +131,19 @@ async def rank(request: Request) -> Response:
     body = await read_body(request, scorer.settings.max_body_bytes)
     req = parse_rank(body, model.task_names, model.state_dim, scorer.limits)
     request_id_var.set(req.request_id)
-    result = scorer.ranker.execute(model, req)
+    live = scorer.experiments.live
+    if live is None:  # no experiment: CURRENT under the arm "default"
+        result = scorer.ranker.execute(model, req)
+        background = scorer.encode_events
+    else:
+        arm, served = live.route(req.user_id, model)
+        result = scorer.ranker.execute(served, req, arm, live.name)
+        background = scorer.after_response(live, req, result)
     scorer.metrics.candidates.observe(len(req.item_ids))
     if scorer.events:
         scorer.events.emit(PendingRank(req, result, time.time()))
     return Response(
-        result.response(req.request_id),
-        media_type="application/json",
-        background=scorer.encode_events,
+        result.response(req.request_id), media_type="application/json", background=background
     )
 
 
@@ -205,8 +210,27 @@ async def readyz(request: Request) -> Response:
         "model_version": model.version if model else None,
         "last_model_error": scorer.store.last_error,
         "event_log": scorer.events.state() if scorer.events else {"enabled": False},
+        "experiment": _experiment_state(scorer),
     }
     return _json(body, 200 if model is not None else 503)
+
+
+def _experiment_state(scorer: ScorerState) -> dict[str, Any]:
+    exps = scorer.experiments
+    live = exps.live
+    return {
+        "running": live is not None,
+        "name": live.name if live else (exps.config.name if exps.config else None),
+        "refused": dict(live.refused) if live else {},
+        "last_error": exps.last_error,
+    }
+
+
+@router.get("/v1/experiment")
+async def experiment(request: Request) -> Response:
+    """The live experiment (SPEC §13): configuration, per-arm request counts of this process,
+    refused arms; ``running: false`` without one."""
+    return _json(scorer_state(request).experiments.describe())
 
 
 @router.get("/metrics")
@@ -236,9 +260,9 @@ async def metrics(request: Request) -> Response:
         }
     model = scorer.store.current
     info = {"version": model.version} if model else {}
-    return PlainTextResponse(
-        scorer.metrics.render(gauges, info), media_type="text/plain; version=0.0.4"
-    )
+    extra = scorer.experiments.metric_lines() + scorer.shadow_stats.metric_lines()
+    text = scorer.metrics.render(gauges, info) + "\n".join(extra) + "\n"
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
 @router.post("/admin/reload", responses=errors(401, 404))
@@ -260,7 +284,7 @@ async def admin_reload(request: Request) -> Response:
             message="missing or wrong bearer token",
             field="Authorization",
         )
-    swapped = await asyncio.to_thread(scorer.store.refresh, True)
+    swapped = await asyncio.to_thread(scorer.refresh_models, True)
     model = scorer.store.current
     return _json(
         {

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 import numpy as np
-from starlette.background import BackgroundTask
+from starlette.background import BackgroundTask, BackgroundTasks
 
 from scorer.errors import HTTPError
 from scorer.eventlog import EventLogger
+from scorer.experiment import ExperimentStore, LiveExperiment, ShadowStats, compare_shadow
 from scorer.metrics import Metrics
 from scorer.model import LoadedModel, ModelStore
-from scorer.parsing import Limits
-from scorer.ranker import Ranker
+from scorer.parsing import Limits, RankInput
+from scorer.ranker import Ranker, RankResult
 from scorer.settings import ScorerSettings
 
 log = logging.getLogger("scorer")
@@ -30,6 +32,9 @@ class ScorerState:
     def __init__(self, settings: ScorerSettings) -> None:
         self.settings = settings
         self.store = ModelStore(settings.model_dir)
+        self.experiments = ExperimentStore(settings.model_dir, self.store)
+        self.shadow_stats = ShadowStats()
+        self._sample = random.Random(settings.seed).random  # shadow sampling
         self.metrics = Metrics()
         self.limits = Limits(settings.max_candidates, settings.max_top_n)
         self.ranker = Ranker(settings.exploration_scale, np.random.default_rng(settings.seed))
@@ -51,13 +56,36 @@ class ScorerState:
             )
             self.encode_events = BackgroundTask(self.events.encode_pending)
 
+    def refresh_models(self, force: bool = False) -> bool:
+        """Follow ``CURRENT``, then EXPERIMENT.json (blocking: run it in a thread)."""
+        swapped = self.store.refresh(force)
+        try:
+            self.experiments.refresh(force)
+        except Exception:  # an experiment must never stop CURRENT from being followed
+            log.exception("experiment refresh failed")
+        return swapped
+
     async def poll_current(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_interval_s)
             try:
-                await asyncio.to_thread(self.store.refresh)
+                await asyncio.to_thread(self.refresh_models)
             except Exception:  # keep polling whatever happened
                 log.exception("model refresh failed")
+
+    def after_response(
+        self, live: LiveExperiment, req: RankInput, result: RankResult
+    ) -> BackgroundTask | None:
+        """The background work of a request served during an experiment: encoding its events,
+        and for a sampled share the shadow's scoring (both after the response is sent)."""
+        shadow = live.shadow
+        if shadow is None or self._sample() >= live.shadow_rate:
+            return self.encode_events
+        tasks = BackgroundTasks()
+        if self.encode_events is not None:
+            tasks.tasks.append(self.encode_events)
+        tasks.add_task(compare_shadow, shadow, req, result, self.shadow_stats)
+        return tasks
 
     def model_or_503(self) -> LoadedModel:
         model = self.store.current

@@ -30,11 +30,18 @@ class RankRequest(BaseModel):
         description="one array per task of the served model, each of length len(item_ids)"
     )
     top_n: int = Field(ge=1, description="items to return; all N when top_n > N")
+    explain: bool = Field(
+        default=False, description="add each returned item's per-task contributions (SPEC §13)"
+    )
 
 
 class RankedItem(BaseModel):
     item_id: str
     score: float
+    contributions: dict[str, float] | None = Field(
+        default=None,
+        description="with explain: q_k (1 + a_k q_k) per task, summing to the score",
+    )
 
 
 class RankResponse(BaseModel):
@@ -43,6 +50,7 @@ class RankResponse(BaseModel):
     items: list[RankedItem]
     action: list[float]
     explored: bool
+    arm: str = Field(default="default", description="experiment arm (SPEC §13)")
 
 
 class FeedbackItem(BaseModel):

@@ -53,6 +53,10 @@ class RankEvent:
     sampled_ids: tuple[str, ...]
     predictions: np.ndarray  # (K, M) float32 raw predictions of the sampled candidates
     returned_ids: tuple[str, ...]
+    # SPEC §13: the experiment and arm that served the request (absent outside experiments;
+    # entries written before these fields existed decode with None)
+    experiment: str | None = None
+    arm: str | None = None
 
     type: str = field(default=RANK, init=False)
 
@@ -126,6 +130,9 @@ def encode(event: Event, packer: msgpack.Packer | None = None) -> dict[bytes, by
             "predictions_shape": [int(k), int(m)],
             "returned_ids": event.returned_ids,
         }
+        if event.experiment is not None:
+            data["experiment"] = event.experiment
+            data["arm"] = event.arm
     elif isinstance(event, FeedbackEvent):
         data = {
             **common,
@@ -223,6 +230,8 @@ def _decode_rank(data: Mapping[str, Any], common: dict[str, Any]) -> RankEvent:
         sampled_ids=sampled,
         predictions=_f32_array(data, "predictions", k * m).reshape(k, m),
         returned_ids=_str_list(data, "returned_ids"),
+        experiment=_id(data, "experiment") if "experiment" in data else None,
+        arm=_id(data, "arm") if "arm" in data else None,
     )
 
 

@@ -120,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add(p, "min-replay", 256, type=_positive_int, help="transitions stored before training starts")
     _add(p, "read-count", 2000, type=_positive_int, help="stream entries per read")
+    _add(
+        p,
+        "publish",
+        "current",
+        help="current: switch CURRENT (default); canary:SHARE: start an experiment with the new "
+        "version as a treatment arm of that share against CURRENT (SPEC §13)",
+    )
     _add_runtime(p)
 
     p = sub.add_parser("simulate", help="train with TSH against the user simulator")
@@ -175,6 +182,10 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "papers", None, required=True, help="comma-separated `paper` output folders")
     _add(p, "headroom", None, type=Path, help="headroom.json of `xmtf-train headroom`")
     _add(p, "out", "results", type=Path)
+
+    from trainer.experiment.commands import add_parser as add_experiment_parser
+
+    add_experiment_parser(sub)
 
     p = sub.add_parser("plot", help="MFC figures (paper Figs. 5-7) and training curves as PNG")
     src = p.add_mutually_exclusive_group()
@@ -239,6 +250,7 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
 
     if float(args.updates_per_transition) < 0:
         raise CLIError("--updates-per-transition must be >= 0")
+    canary = _canary_share(str(args.publish))
     set_threads(int(args.threads))
     device = resolve_device(str(args.device))
     client = redis.Redis.from_url(args.redis_url, socket_timeout=10, socket_connect_timeout=3)
@@ -262,6 +274,7 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
         min_replay=int(args.min_replay),
         read_count=int(args.read_count),
         device=device,
+        canary_share=canary,
     )
     try:
         trainer = StreamTrainer(args.model_dir, config, client, started=args.started)
@@ -273,6 +286,26 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
         )
     )
     return {**stats.as_dict(), "device": device}
+
+
+def _canary_share(text: str) -> float | None:
+    """``--publish``: None for ``current``, the share for ``canary:SHARE``."""
+    if text == "current":
+        return None
+    kind, _, share = text.partition(":")
+    try:
+        value = float(share)
+    except ValueError:
+        value = -1.0
+    if kind != "canary" or not 0.0 < value < 1.0:
+        raise CLIError(f"--publish must be 'current' or 'canary:SHARE' with 0 < SHARE < 1: {text}")
+    return value
+
+
+def cmd_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    from trainer.experiment.commands import run
+
+    return run(args)
 
 
 def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
@@ -481,6 +514,7 @@ COMMANDS = {
     "headroom": cmd_headroom,
     "family": cmd_family,
     "plot": cmd_plot,
+    "experiment": cmd_experiment,
 }
 
 

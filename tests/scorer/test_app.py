@@ -122,7 +122,8 @@ def test_rank_happy_path(client: TestClient, model_dir: Path) -> None:
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"].startswith("application/json")
     out = resp.json()
-    assert set(out) == {"request_id", "model_version", "items", "action", "explored"}
+    assert set(out) == {"request_id", "model_version", "items", "action", "explored", "arm"}
+    assert out["arm"] == "default"  # SPEC §13: no EXPERIMENT.json
     assert out["request_id"] == "r-1"
     assert out["model_version"] == "v0001"
     assert out["explored"] is False

@@ -92,7 +92,7 @@ def test_response_is_the_spec_answer(loaded: LoadedModel) -> None:
     req = rank_input(12, 4, seed=3)
     result = Ranker(0.1, np.random.default_rng(0)).execute(loaded, req)
     body = orjson.loads(result.response(req.request_id))
-    assert list(body) == ["request_id", "model_version", "items", "action", "explored"]
+    assert list(body) == ["request_id", "model_version", "items", "action", "explored", "arm"]
     assert body["request_id"] == "r-3" and body["model_version"] == "v0001"
     assert [i["item_id"] for i in body["items"]] == result.returned_ids
     assert [i["score"] for i in body["items"]] == result.scores.tolist()

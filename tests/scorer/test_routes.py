@@ -61,6 +61,7 @@ def test_handlers_are_addressable_on_their_routers() -> None:
         ("/v1/rank", "POST"): routes.rank,
         ("/v1/feedback", "POST"): routes.feedback,
         ("/v1/model", "GET"): routes.model_info,
+        ("/v1/experiment", "GET"): routes.experiment,
         ("/healthz", "GET"): routes.healthz,
         ("/readyz", "GET"): routes.readyz,
         ("/metrics", "GET"): routes.metrics,

@@ -114,3 +114,13 @@ def test_negative_watch_time_is_rejected() -> None:
 def test_encoding_uses_no_pickle() -> None:
     payload = ev.encode(_rank())[b"data"]
     assert b"numpy" not in payload and not payload.startswith(b"\x80")  # pickle protocol marker
+
+
+def test_rank_events_carry_experiment_and_arm_and_old_entries_still_decode() -> None:
+    tagged = ev.decode(ev.encode(_rank(experiment="exp-1", arm="treatment")))
+    assert isinstance(tagged, ev.RankEvent)
+    assert (tagged.experiment, tagged.arm) == ("exp-1", "treatment")
+    fields = ev.encode(_rank())
+    assert b"experiment" not in fields[b"data"]  # outside experiments: the entry is unchanged
+    old = ev.decode(fields)
+    assert isinstance(old, ev.RankEvent) and old.experiment is None and old.arm is None

@@ -72,6 +72,8 @@ class ConsumeConfig:
     restore_chunk: int = 5000  # replay entries per XRANGE while restoring
     device: str = "cpu"  # where the learner's networks live: "cpu", "cuda", "cuda:1", ...
     reward: RewardConfig = field(default_factory=RewardConfig)
+    # SPEC §13: publish each version as a canary arm of this share instead of switching CURRENT
+    canary_share: float | None = None
 
     @property
     def dead_letter_stream(self) -> str:
@@ -395,6 +397,7 @@ class StreamTrainer:
             result = export_version(
                 self.agent,
                 self.model_dir,
+                publish=self.config.canary_share is None,
                 training={
                     "source": "consume",
                     "base_version": self.base_version,
@@ -411,6 +414,10 @@ class StreamTrainer:
             if device.type != "cpu":
                 self.agent.to(device)
         self.stats.exports.append(result.version)
+        if self.config.canary_share is not None:
+            from trainer.experiment.commands import publish_canary
+
+            publish_canary(self.model_dir, result.version, self.config.canary_share)
         self._export_seconds = max(self._export_seconds, time.monotonic() - t0)
         # a slow export moves the learner's stop time earlier (the final one must still fit)
         self.learner.budget = dataclasses.replace(self.learner.budget, deadline=self._deadline())

@@ -1,0 +1,1 @@
+"""Experiments: start/stop/report/guard commands, their statistics and the simulator check."""
