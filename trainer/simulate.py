@@ -58,6 +58,8 @@ class TrainResult:
     seconds: float
     #: what checkpoint selection decided (``trainer.selection.Selector.finish``); empty when off
     selection: dict[str, Any] = field(default_factory=dict)
+    #: TSH updates the run performed (the selected checkpoint may have fewer: ``agent.updates``)
+    updates: int = 0
 
 
 def train_on_simulator(
@@ -109,6 +111,7 @@ def train_on_simulator(
     baseline = evaluate(eval_sim, plain_sum_score, tc.eval_sessions, tc.eval_seed).summary()
     run_online(sim, learner, tc, tc.seed, progress=progress, desc="simulate", on_step=on_step)
     selection: dict[str, Any] = {}
+    updates = learner.agent.updates
     if selector is not None:
         selection = selector.finish(learner)
         if selection["kept_start"]:
@@ -118,7 +121,8 @@ def train_on_simulator(
             )
     final = run_eval(tc.total_steps)
     assert isinstance(learner.agent, TSHAgent)
-    return TrainResult(learner.agent, history, final, baseline, time.perf_counter() - t0, selection)
+    seconds = time.perf_counter() - t0
+    return TrainResult(learner.agent, history, final, baseline, seconds, selection, updates)
 
 
 def write_outputs(result: TrainResult, config: SimulateConfig, out: Path) -> dict[str, Any]:
@@ -126,7 +130,8 @@ def write_outputs(result: TrainResult, config: SimulateConfig, out: Path) -> dic
     summary = {
         "config": config.as_dict(),
         "seconds": result.seconds,
-        "updates": result.agent.updates,
+        "updates": result.updates,
+        "selected_updates": result.agent.updates,
         "plain_sum": result.baseline_eval,
         "xmtf": result.final_eval,
         "selection": result.selection,
