@@ -123,6 +123,21 @@ def test_export_every_updates_publishes_on_the_way(
     assert len(set(stats.exports)) == 3
 
 
+def test_export_every_seconds_publishes_while_learning(
+    model_dir: Path, redis_server: RedisServer
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    _log_sessions(client, n_sessions=10, steps=4)
+    trainer = StreamTrainer(
+        model_dir,
+        _config(redis_server, updates_per_transition=1.0, max_updates=8, export_every_seconds=0.5),
+    )
+    _slow_updates(trainer, 0.2)  # 8 updates: >= 1.6 s, so at least two timed exports
+    stats = trainer.run()
+    assert stats.updates == 8
+    assert len(stats.exports) >= 2  # on the way (the last one may be the final one)
+
+
 def test_export_every_transitions_still_works(model_dir: Path, redis_server: RedisServer) -> None:
     client = redis.Redis.from_url(redis_server.url)
     _log_sessions(client, n_sessions=12, steps=5)  # 60 transitions
