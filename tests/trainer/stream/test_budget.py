@@ -192,3 +192,26 @@ def test_agent_moves_between_devices_and_keeps_acting_in_numpy(model_dir: Path) 
     assert agent.device.type == "cpu"
     action, _ = agent.act(torch.zeros(2, agent.state_dim).numpy(), explore=False)
     assert action.shape == (2, len(agent.tasks))
+
+
+def test_stored_states_are_observed_even_when_no_update_runs(model_dir: Path) -> None:
+    import numpy as np
+
+    from trainer.export import load_agent
+    from trainer.replay import ReplayBuffer
+    from trainer.stream.learner import BackgroundLearner, LearnBudget
+
+    agent = load_agent(model_dir / (model_dir / "CURRENT").read_text().strip())
+    replay = ReplayBuffer(100, agent.state_dim, len(agent.tasks), 4)
+    budget = LearnBudget(updates_per_transition=0.0, observe_every=10)
+    learner = BackgroundLearner(agent, replay, budget, export=lambda: None)
+    count = float(agent.norm.count)
+    learner.start()
+    for _ in range(5):
+        learner.added(np.ones((4, agent.state_dim), np.float32))
+    deadline = time.monotonic() + 10
+    while float(agent.norm.count) < count + 12 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert float(agent.norm.count) >= count + 12  # observed without any update
+    learner.finish()
+    assert learner.updates == 0
