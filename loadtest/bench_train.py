@@ -485,8 +485,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ingest-events", type=int, default=None)
     p.add_argument("--memory-events", type=int, default=None)
     p.add_argument("--sessions", type=int, default=256)
-    p.add_argument("--skip-scenario", action="store_true")
+    p.add_argument(
+        "--only",
+        default="ingest,updates,memory,scenario",
+        help="comma-separated sections (the Markdown report needs all four)",
+    )
     args = p.parse_args(argv)
+    only = set(args.only.split(","))
     ingest_n = args.ingest_events or (20_000 if args.quick else 100_000)
     memory_n = args.memory_events or (50_000 if args.quick else 1_000_000)
     import torch
@@ -503,22 +508,28 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         model_dir = work / "models"
         init_model(model_dir)
-        report["ingest"] = measure_ingest(url, model_dir, ingest_n)
-        payload = int(report["ingest"]["event_bytes"])
-        report["floors"] = redis_floors(port, payload, 20_000 if args.quick else 100_000)
-        report["updates"] = measure_updates(args.quick)
+        if "ingest" in only:
+            report["ingest"] = measure_ingest(url, model_dir, ingest_n)
+            payload = int(report["ingest"]["event_bytes"])
+            report["floors"] = redis_floors(port, payload, 20_000 if args.quick else 100_000)
+        if "updates" in only:
+            report["updates"] = measure_updates(args.quick)
         report["replay"] = replay_footprint()
-        report["memory_baseline"] = _baseline_rss(url, model_dir)
-        report["memory_bound"] = report["memory_baseline"] + report["replay"]["bytes"] + 150 * 2**20
-        report["memory"] = measure_memory(url, work, memory_n, model_dir)
-        if not args.skip_scenario:
+        if "memory" in only:
+            report["memory_baseline"] = _baseline_rss(url, model_dir)
+            report["memory_bound"] = (
+                report["memory_baseline"] + report["replay"]["bytes"] + 150 * 2**20
+            )
+            report["memory"] = measure_memory(url, work, memory_n, model_dir)
+        if "scenario" in only:
             report["scenario"] = run_scenario(url, work, args.sessions)
     report["load_after"] = _load()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench-train.json").write_text(json.dumps(report, indent=2, default=float))
-    if "scenario" in report:
+    if all(k in report for k in ("ingest", "updates", "memory", "scenario")):
         (args.out / "bench-train.md").write_text(render(report))
-    print(json.dumps({k: report[k] for k in ("ingest", "floors", "updates")}, default=float))
+    keys = ("ingest", "floors", "updates", "memory", "scenario")
+    print(json.dumps({k: report[k] for k in keys if k in report}, default=float))
     return 0
 
 
