@@ -28,6 +28,12 @@ test: install
 bench: install
 	$(BIN)/python -m loadtest.bench
 
+## bench-train: streaming trainer: ingest events/s and TSH updates/s next to floors, the
+## 256-session scenario, a --time-budget run, memory (results/bench-train.md; ~10 minutes)
+.PHONY: bench-train
+bench-train: install
+	$(BIN)/python -m loadtest.bench_train
+
 ## bench-sim: user simulator throughput (user-requests per second)
 .PHONY: bench-sim
 bench-sim: install

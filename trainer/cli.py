@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         "normalisation and range (default: every task in [0, 1], unnormalised)",
     )
     _add(p, "seed", 0, type=int)
+    _add(p, "threads", 1, type=_positive_int, help="torch intra-op threads (default 1)")
 
     p = sub.add_parser("consume", help="train on the sessions logged in Redis and publish versions")
     _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
@@ -140,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "checkpoint", required=_env("checkpoint") is None, type=Path)
     _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
     p.add_argument("--no-publish", action="store_true", help="write the version but leave CURRENT")
+    _add(p, "threads", 1, type=_positive_int, help="torch intra-op threads (default 1)")
 
     p = sub.add_parser("paper", help="the paper's offline study (Tables 3 and 4) on the simulator")
     _add(p, "trials", None, type=_positive_int, help="seeds per method (default 5; quick: 2)")
@@ -198,8 +200,10 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
     from shared.tasks import make_tasks
     from trainer.export import export_version
+    from trainer.runtime import set_threads
     from trainer.tsh import TSHAgent
 
+    set_threads(int(args.threads))
     names = [n for n in str(args.tasks).split(",") if n.strip()]
     directions = None
     if args.directions:
@@ -364,8 +368,10 @@ def _summary_table(summary: dict[str, Any]) -> str:
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.export import export_version
+    from trainer.runtime import set_threads
     from trainer.tsh import TSHAgent
 
+    set_threads(int(args.threads))
     if not Path(args.checkpoint).is_file():
         raise CLIError(f"checkpoint {args.checkpoint} does not exist")
     agent = TSHAgent.load(args.checkpoint)

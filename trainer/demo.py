@@ -57,11 +57,13 @@ def reachable_redis(url: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_scorer(model_dir: Path, redis_url: str, stream: str) -> Iterator[str]:
+def running_scorer(
+    model_dir: Path, redis_url: str, stream: str, env: dict[str, str] | None = None
+) -> Iterator[str]:
     scorer = harness.ScorerProcess(
         model_dir,
         redis_url,
-        env={"XMTF_POLL_INTERVAL_S": "0.5", "XMTF_EXPLORATION_SCALE": "0.1"},
+        env={**(env or {}), "XMTF_POLL_INTERVAL_S": "0.5", "XMTF_EXPLORATION_SCALE": "0.1"},
         log_level="warning",
         args=["--events-stream", stream],
         stop_timeout=15.0,
@@ -155,7 +157,7 @@ def drive_users(base: str, sim: UserSimulator, n_sessions: int, seed: int, tag: 
     return Phase(returns, lengths, requests, versions, time.perf_counter() - t0)
 
 
-def _wait_for_version(base: str, version: str, timeout: float = 30) -> float:
+def wait_for_version(base: str, version: str, timeout: float = 30) -> float:
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
         if httpx.get(f"{base}/v1/model", timeout=2).json().get("version") == version:
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 consume_s = time.perf_counter() - t0
                 new_version = stats["exports"][-1]
-                swap_s = _wait_for_version(base, new_version)
+                swap_s = wait_for_version(base, new_version)
                 after = drive_users(base, sim, args.sessions, seed=args.seed, tag="after")
                 logged = client.xlen(stream)
         finally:

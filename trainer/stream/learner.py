@@ -37,6 +37,9 @@ class LearnBudget:
     export_every_transitions: int = 0
     export_every_updates: int = 0
     export_every_seconds: float = 0.0
+    # stored states wait at most this many for the normaliser (also while no update runs, e.g.
+    # once max_updates is reached), so the queue stays small
+    observe_every: int = 10_000
 
 
 class BackgroundLearner:
@@ -54,6 +57,7 @@ class BackgroundLearner:
         self._export_fn, self._on_update = export, on_update
         self._cond = threading.Condition()
         self._pending_states: list[np.ndarray] = []
+        self._pending_rows = 0
         self._credit = 0.0
         self._ingest_done = False
         self._stop = False
@@ -79,6 +83,7 @@ class BackgroundLearner:
         with self._cond:
             n = len(states)
             self._pending_states.append(states)
+            self._pending_rows += n
             self.transitions += n
             self._since_export_transitions += n
             if len(self.replay) >= min(self.budget.min_replay, self.replay.capacity):
@@ -128,13 +133,16 @@ class BackgroundLearner:
         return b.deadline is not None and time.monotonic() >= b.deadline
 
     def _next(self) -> str:
-        """Wait for work: ``"update"`` (one credit taken), ``"export"`` or ``"stop"``."""
+        """Wait for work: ``"update"`` (one credit taken), ``"export"``, ``"observe"`` (the
+        queued states) or ``"stop"``."""
         with self._cond:
             while True:
                 if self._stop:
                     return "stop"
                 if self._export_due():
                     return "export"
+                if self._pending_rows >= self.budget.observe_every:
+                    return "observe"
                 if self._credit >= 1.0 and not self._capped():
                     self._credit -= 1.0
                     return "update"
@@ -148,6 +156,7 @@ class BackgroundLearner:
     def _observe_pending(self) -> None:
         with self._cond:
             pending, self._pending_states = self._pending_states, []
+            self._pending_rows = 0
         if pending:
             self.agent.observe(np.concatenate(pending))
 
@@ -188,6 +197,8 @@ class BackgroundLearner:
             while (action := self._next()) != "stop":
                 if action == "export":
                     self.export_now()
+                elif action == "observe":
+                    self._observe_pending()
                 else:
                     self._update()
         except BaseException as exc:  # surfaced on the ingest thread by check()/finish()

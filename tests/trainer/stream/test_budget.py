@@ -123,6 +123,21 @@ def test_export_every_updates_publishes_on_the_way(
     assert len(set(stats.exports)) == 3
 
 
+def test_export_every_seconds_publishes_while_learning(
+    model_dir: Path, redis_server: RedisServer
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    _log_sessions(client, n_sessions=10, steps=4)
+    trainer = StreamTrainer(
+        model_dir,
+        _config(redis_server, updates_per_transition=1.0, max_updates=8, export_every_seconds=0.5),
+    )
+    _slow_updates(trainer, 0.2)  # 8 updates: >= 1.6 s, so at least two timed exports
+    stats = trainer.run()
+    assert stats.updates == 8
+    assert len(stats.exports) >= 2  # on the way (the last one may be the final one)
+
+
 def test_export_every_transitions_still_works(model_dir: Path, redis_server: RedisServer) -> None:
     client = redis.Redis.from_url(redis_server.url)
     _log_sessions(client, n_sessions=12, steps=5)  # 60 transitions
@@ -177,3 +192,26 @@ def test_agent_moves_between_devices_and_keeps_acting_in_numpy(model_dir: Path) 
     assert agent.device.type == "cpu"
     action, _ = agent.act(torch.zeros(2, agent.state_dim).numpy(), explore=False)
     assert action.shape == (2, len(agent.tasks))
+
+
+def test_stored_states_are_observed_even_when_no_update_runs(model_dir: Path) -> None:
+    import numpy as np
+
+    from trainer.export import load_agent
+    from trainer.replay import ReplayBuffer
+    from trainer.stream.learner import BackgroundLearner, LearnBudget
+
+    agent = load_agent(model_dir / (model_dir / "CURRENT").read_text().strip())
+    replay = ReplayBuffer(100, agent.state_dim, len(agent.tasks), 4)
+    budget = LearnBudget(updates_per_transition=0.0, observe_every=10)
+    learner = BackgroundLearner(agent, replay, budget, export=lambda: None)
+    count = float(agent.norm.count)
+    learner.start()
+    for _ in range(5):
+        learner.added(np.ones((4, agent.state_dim), np.float32))
+    deadline = time.monotonic() + 10
+    while float(agent.norm.count) < count + 12 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert float(agent.norm.count) >= count + 12  # observed without any update
+    learner.finish()
+    assert learner.updates == 0
