@@ -28,6 +28,7 @@ import numpy as np
 import redis
 
 from trainer import harness
+from trainer import stats as stats_lib
 from trainer.sim import Observation, SimConfig, StepResult, UserSimulator
 
 log = logging.getLogger("xmtf-demo")
@@ -266,6 +267,7 @@ def _print_summary(
             f"{ph.lengths.mean():>10.2f}{ph.requests:>10d}"
         )
 
+    change = stats_lib.paired_difference(after.returns, before.returns)
     lines = [
         "",
         "xmtf demo summary",
@@ -280,7 +282,8 @@ def _print_summary(
         f"consume + export took {consume_s:.1f}s; "
         f"the scorer served the new version {swap_s:.1f}s later",
         f"change in watch time per session: {after.returns.mean() - before.returns.mean():+.1f}s "
-        f"({(after.returns.mean() / before.returns.mean() - 1) * 100:+.1f}%); "
+        f"({(after.returns.mean() / before.returns.mean() - 1) * 100:+.1f}%), paired 95 % CI "
+        f"[{change.lo:+.1f}, {change.hi:+.1f}] s (the same simulated users in both phases); "
         f"total demo time {total_s:.0f}s",
     ]
     print("\n".join(lines))
