@@ -28,6 +28,11 @@ test: install
 bench: install
 	$(BIN)/python -m loadtest.bench
 
+## bench-metrics: what /metrics costs the rank path, in-process vs multiprocess (several workers)
+.PHONY: bench-metrics
+bench-metrics: install
+	$(BIN)/python -m loadtest.metrics_micro
+
 ## bench-sim: user simulator throughput (user-requests per second)
 .PHONY: bench-sim
 bench-sim: install

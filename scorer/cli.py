@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -67,6 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     import uvicorn
 
+    # Several workers share their metrics through prometheus-client's multiprocess files
+    # (scorer/prom.py): a fresh folder per run, removed at exit. One worker keeps its registry.
+    metrics_dir = None
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="xmtf-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _serve(uvicorn, settings)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _serve(uvicorn: Any, settings: ScorerSettings) -> None:
     uvicorn.run(
         "scorer.app:app_from_env",
         factory=True,
@@ -77,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         log_config=None,  # keep the JSON logging configured above (workers inherit it)
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from scorer.experiment import ExperimentStore, LiveExperiment, ShadowStats, comp
 from scorer.metrics import Metrics
 from scorer.model import LoadedModel, ModelStore
 from scorer.parsing import Limits, RankInput
+from scorer.prom import MultiprocMetrics, multiprocess_enabled
 from scorer.ranker import Ranker, RankResult
 from scorer.settings import ScorerSettings
 
@@ -35,7 +36,10 @@ class ScorerState:
         self.experiments = ExperimentStore(settings.model_dir, self.store)
         self.shadow_stats = ShadowStats()
         self._sample = random.Random(settings.seed).random  # shadow sampling
-        self.metrics = Metrics()
+        # Several workers share their metrics through prometheus-client's files (scorer.prom).
+        self.metrics: Metrics | MultiprocMetrics = (
+            MultiprocMetrics() if multiprocess_enabled() else Metrics()
+        )
         self.limits = Limits(settings.max_candidates, settings.max_top_n)
         self.ranker = Ranker(settings.exploration_scale, np.random.default_rng(settings.seed))
         self.events: EventLogger | None = None
@@ -72,6 +76,53 @@ class ScorerState:
                 await asyncio.to_thread(self.refresh_models)
             except Exception:  # keep polling whatever happened
                 log.exception("model refresh failed")
+
+    async def sync_metrics(self, interval: float = 1.0) -> None:
+        """Several workers: copy this worker's own counters into the shared metric files."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.metrics.sync(self.gauges())
+            except Exception:
+                log.exception("metrics sync failed")
+
+    def gauges(self) -> dict[str, tuple[str, str, float]]:
+        """The values other objects own, for ``/metrics``: name -> (type, help, value)."""
+        ev = self.events
+        gauges: dict[str, tuple[str, str, float]] = {
+            "xmtf_model_loaded": (
+                "gauge",
+                "1 when a model is served.",
+                float(self.store.current is not None),
+            ),
+            "xmtf_model_reloads_total": (
+                "counter",
+                "Model versions swapped in.",
+                self.store.reloads,
+            ),
+            "xmtf_model_refusals_total": (
+                "counter",
+                "Model versions refused.",
+                self.store.refusals,
+            ),
+        }
+        if ev:
+            gauges |= {
+                "xmtf_events_logged_total": ("counter", "Events written to Redis.", ev.logged),
+                "xmtf_events_buffered": ("gauge", "Events waiting in the buffer.", ev.buffered),
+                "xmtf_events_dropped_total": (
+                    "counter",
+                    "Events dropped (buffer full).",
+                    ev.dropped,
+                ),
+                "xmtf_redis_errors_total": ("counter", "Failed Redis writes.", ev.redis_errors),
+                "xmtf_redis_connected": (
+                    "gauge",
+                    "1 when the last Redis write succeeded.",
+                    float(ev.connected),
+                ),
+            }
+        return gauges
 
     def after_response(
         self, live: LiveExperiment, req: RankInput, result: RankResult
