@@ -26,6 +26,14 @@ def _parser() -> argparse.ArgumentParser:
         "--redis-url", help="Redis for the session log (default redis://127.0.0.1:6379/0)"
     )
     p.add_argument("--events-stream", help="Redis Stream key (default xmtf:events)")
+    p.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="the Redis URL is a seed node of a Redis Cluster (XMTF_REDIS_CLUSTER)",
+    )
+    p.add_argument(
+        "--event-shards", type=int, help="spread events over S streams by user (default 1)"
+    )
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int)
@@ -44,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_dir",
         "redis_url",
         "events_stream",
+        "event_shards",
         "host",
         "port",
         "workers",
@@ -53,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, key)
         if value is not None:
             os.environ[f"XMTF_{key.upper()}"] = str(value)
+    if args.redis_cluster:
+        os.environ["XMTF_REDIS_CLUSTER"] = "true"
     if args.no_events:
         os.environ["XMTF_LOG_EVENTS"] = "false"
     try:

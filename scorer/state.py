@@ -14,6 +14,7 @@ import random
 import numpy as np
 from starlette.background import BackgroundTask, BackgroundTasks
 
+from scorer.clusterlog import ClusterEventLogger
 from scorer.errors import HTTPError
 from scorer.eventlog import EventLogger
 from scorer.experiment import ExperimentStore, LiveExperiment, ShadowStats, compare_shadow
@@ -47,7 +48,8 @@ class ScorerState:
         # is reading it meanwhile); one task object serves every request that logs.
         self.encode_events: BackgroundTask | None = None
         if settings.log_events:
-            self.events = EventLogger(
+            logger = ClusterEventLogger if settings.redis_cluster else EventLogger
+            self.events = logger(
                 settings.redis_url,
                 settings.events_stream,
                 maxlen=settings.events_maxlen,
@@ -57,6 +59,7 @@ class ScorerState:
                 timeout=settings.redis_timeout_s,
                 backoff_max=settings.redis_backoff_max_s,
                 log_max_candidates=settings.log_max_candidates,
+                shards=settings.event_shards,
             )
             self.encode_events = BackgroundTask(self.events.encode_pending)
 
