@@ -27,6 +27,7 @@ test: install
 ## bench: scorer latency/throughput next to the echo, parse and ONNX floors (results/bench.md)
 bench: install
 	$(BIN)/python -m loadtest.bench
+	$(BIN)/python -m loadtest.cluster_bench
 
 ## bench-metrics: what /metrics costs the rank path, in-process vs multiprocess (several workers)
 .PHONY: bench-metrics

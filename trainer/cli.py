@@ -269,6 +269,12 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
         shards = parse_shards(str(args.shards), n_shards)
     except ValueError as exc:
         raise CLIError(f"--shards: {exc}") from exc
+    if args.redis_cluster and n_shards == 1 and "{" not in str(args.events_stream):
+        # <stream> and <stream>:transitions would hash to different slots: no MULTI/EXEC
+        raise CLIError(
+            "on a Redis Cluster use --event-shards >= 2 (streams <stream>:{i}) or a stream "
+            "name with a hash tag, e.g. {xmtf}:events"
+        )
     try:
         client = make_client(
             args.redis_url, bool(args.redis_cluster), socket_timeout=10, socket_connect_timeout=3
