@@ -27,6 +27,12 @@ test: install
 ## bench: scorer latency/throughput next to the echo, parse and ONNX floors (results/bench.md)
 bench: install
 	$(BIN)/python -m loadtest.bench
+	$(BIN)/python -m loadtest.cluster_bench
+
+## bench-metrics: what /metrics costs the rank path, in-process vs multiprocess (several workers)
+.PHONY: bench-metrics
+bench-metrics: install
+	$(BIN)/python -m loadtest.metrics_micro
 
 ## bench-train: streaming trainer: ingest events/s and TSH updates/s next to floors, the
 ## 256-session scenario, a --time-budget run, memory (results/bench-train.md; ~10 minutes)

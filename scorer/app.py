@@ -27,6 +27,7 @@ from scorer import routes
 from scorer.errors import HTTPError, error_response
 from scorer.logs import configure_logging
 from scorer.metrics import Metrics
+from scorer.prom import MultiprocMetrics
 from scorer.settings import ScorerSettings
 from scorer.state import ScorerState
 
@@ -45,7 +46,7 @@ class LatencyMiddleware:
     app returns: work a route does after its response (a background step) is not client time.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | MultiprocMetrics) -> None:
         self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -94,15 +95,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.freeze()
     if scorer.events:
         scorer.events.start()
-    poller = asyncio.create_task(scorer.poll_current(), name="xmtf-current-poller")
+    tasks = [asyncio.create_task(scorer.poll_current(), name="xmtf-current-poller")]
+    if isinstance(scorer.metrics, MultiprocMetrics):
+        tasks.append(asyncio.create_task(scorer.sync_metrics(), name="xmtf-metrics-sync"))
     try:
         yield
     finally:
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if scorer.events:
             await scorer.events.stop()
+        scorer.metrics.sync(scorer.gauges())
+        scorer.metrics.process_exit()
 
 
 # ----------------------------------------------------------------------------- error handlers
@@ -110,7 +116,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 async def scorer_error(request: Request, exc: HTTPError) -> Response:
     """An :class:`HTTPError` raised by a route: its status and error body, counted and logged."""
-    routes.scorer_state(request).metrics.rejections[exc.code] += 1
+    routes.scorer_state(request).metrics.reject(exc.code)
     log.info(
         "rejected %s %s: %s",
         request.method,

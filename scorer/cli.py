@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -23,6 +26,14 @@ def _parser() -> argparse.ArgumentParser:
         "--redis-url", help="Redis for the session log (default redis://127.0.0.1:6379/0)"
     )
     p.add_argument("--events-stream", help="Redis Stream key (default xmtf:events)")
+    p.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="the Redis URL is a seed node of a Redis Cluster (XMTF_REDIS_CLUSTER)",
+    )
+    p.add_argument(
+        "--event-shards", type=int, help="spread events over S streams by user (default 1)"
+    )
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int)
@@ -41,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_dir",
         "redis_url",
         "events_stream",
+        "event_shards",
         "host",
         "port",
         "workers",
@@ -50,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, key)
         if value is not None:
             os.environ[f"XMTF_{key.upper()}"] = str(value)
+    if args.redis_cluster:
+        os.environ["XMTF_REDIS_CLUSTER"] = "true"
     if args.no_events:
         os.environ["XMTF_LOG_EVENTS"] = "false"
     try:
@@ -67,6 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     import uvicorn
 
+    # Several workers share their metrics through prometheus-client's multiprocess files
+    # (scorer/prom.py): a fresh folder per run, removed at exit. One worker keeps its registry.
+    metrics_dir = None
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="xmtf-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _serve(uvicorn, settings)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _serve(uvicorn: Any, settings: ScorerSettings) -> None:
     uvicorn.run(
         "scorer.app:app_from_env",
         factory=True,
@@ -77,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         log_config=None,  # keep the JSON logging configured above (workers inherit it)
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.events import EVENT_FIELDS, Event, RankEvent, encode
+from shared.sharding import shard_of, shard_stream
 
 if TYPE_CHECKING:
     from scorer.parsing import RankInput
@@ -119,9 +120,11 @@ class EventLogger:
         timeout: float = 0.25,
         backoff_max: float = 5.0,
         log_max_candidates: int = 64,
+        shards: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream
+        self.shards = shards  # SPEC §14: <stream>:{shard} by a stable hash of user_id when > 1
         self.maxlen = maxlen
         self.pending: deque[Item] = deque()
         self.ready: deque[bytes] = deque()
@@ -146,6 +149,12 @@ class EventLogger:
         self.connected = False
         self.last_error: str | None = None
         self._xadd = xadd_prefix(stream.encode(), str(maxlen).encode(), EVENT_FIELDS)
+        self._xadds = [
+            xadd_prefix(
+                shard_stream(stream, i, shards).encode(), str(maxlen).encode(), EVENT_FIELDS
+            )
+            for i in range(shards)
+        ]
         self._packer = msgpack.Packer(use_bin_type=True)
         self._rng = np.random.default_rng()
         self._lock = threading.Lock()
@@ -192,7 +201,11 @@ class EventLogger:
             if isinstance(item, PendingRank)
             else item
         )
-        return pack_xadd(self._xadd, encode(event, self._packer))
+        if self.shards == 1:
+            return pack_xadd(self._xadd, encode(event, self._packer))
+        return pack_xadd(
+            self._xadds[shard_of(event.user_id, self.shards)], encode(event, self._packer)
+        )
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -50,6 +50,16 @@ class Metrics:
         )
         self.rejections: dict[str, int] = defaultdict(int)
 
+    def reject(self, code: str) -> None:
+        self.rejections[code] += 1
+
+    def sync(self, gauges: dict[str, tuple[str, str, float]]) -> None:
+        """Nothing to do: one process renders its own values (see :mod:`scorer.prom`)."""
+
+    @staticmethod
+    def process_exit() -> None:
+        """Nothing to do (see :mod:`scorer.prom`)."""
+
     def render(self, gauges: dict[str, tuple[str, str, float]], info: dict[str, str]) -> str:
         """``gauges``: name -> (type, help, value); ``info``: labels of ``xmtf_model_info``."""
         lines = self.latency.render() + self.candidates.render()

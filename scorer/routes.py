@@ -236,32 +236,10 @@ async def experiment(request: Request) -> Response:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     scorer = scorer_state(request)
-    ev = scorer.events
-    gauges: dict[str, tuple[str, str, float]] = {
-        "xmtf_model_loaded": (
-            "gauge",
-            "1 when a model is served.",
-            float(scorer.store.current is not None),
-        ),
-        "xmtf_model_reloads_total": ("counter", "Model versions swapped in.", scorer.store.reloads),
-        "xmtf_model_refusals_total": ("counter", "Model versions refused.", scorer.store.refusals),
-    }
-    if ev:
-        gauges |= {
-            "xmtf_events_logged_total": ("counter", "Events written to Redis.", ev.logged),
-            "xmtf_events_buffered": ("gauge", "Events waiting in the buffer.", ev.buffered),
-            "xmtf_events_dropped_total": ("counter", "Events dropped (buffer full).", ev.dropped),
-            "xmtf_redis_errors_total": ("counter", "Failed Redis writes.", ev.redis_errors),
-            "xmtf_redis_connected": (
-                "gauge",
-                "1 when the last Redis write succeeded.",
-                float(ev.connected),
-            ),
-        }
     model = scorer.store.current
     info = {"version": model.version} if model else {}
     extra = scorer.experiments.metric_lines() + scorer.shadow_stats.metric_lines()
-    text = scorer.metrics.render(gauges, info) + "\n".join(extra) + "\n"
+    text = scorer.metrics.render(scorer.gauges(), info) + "\n".join(extra) + "\n"
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

@@ -18,7 +18,9 @@ class ScorerSettings(BaseSettings):
 
     model_dir: Path = Path("models")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # SPEC §14: the URL names a seed node of a Redis Cluster
     events_stream: str = DEFAULT_STREAM
+    event_shards: int = Field(default=1, ge=1, le=1024)  # streams <stream>:{0..S-1} (SPEC §14)
     events_maxlen: int = Field(default=1_000_000, ge=1000)
     admin_token: SecretStr | None = None
     exploration_scale: float = Field(default=0.1, ge=0.0, le=1.0)

@@ -14,12 +14,14 @@ import random
 import numpy as np
 from starlette.background import BackgroundTask, BackgroundTasks
 
+from scorer.clusterlog import ClusterEventLogger
 from scorer.errors import HTTPError
 from scorer.eventlog import EventLogger
 from scorer.experiment import ExperimentStore, LiveExperiment, ShadowStats, compare_shadow
 from scorer.metrics import Metrics
 from scorer.model import LoadedModel, ModelStore
 from scorer.parsing import Limits, RankInput
+from scorer.prom import MultiprocMetrics, multiprocess_enabled
 from scorer.ranker import Ranker, RankResult
 from scorer.settings import ScorerSettings
 
@@ -35,7 +37,10 @@ class ScorerState:
         self.experiments = ExperimentStore(settings.model_dir, self.store)
         self.shadow_stats = ShadowStats()
         self._sample = random.Random(settings.seed).random  # shadow sampling
-        self.metrics = Metrics()
+        # Several workers share their metrics through prometheus-client's files (scorer.prom).
+        self.metrics: Metrics | MultiprocMetrics = (
+            MultiprocMetrics() if multiprocess_enabled() else Metrics()
+        )
         self.limits = Limits(settings.max_candidates, settings.max_top_n)
         self.ranker = Ranker(settings.exploration_scale, np.random.default_rng(settings.seed))
         self.events: EventLogger | None = None
@@ -43,7 +48,8 @@ class ScorerState:
         # is reading it meanwhile); one task object serves every request that logs.
         self.encode_events: BackgroundTask | None = None
         if settings.log_events:
-            self.events = EventLogger(
+            logger = ClusterEventLogger if settings.redis_cluster else EventLogger
+            self.events = logger(
                 settings.redis_url,
                 settings.events_stream,
                 maxlen=settings.events_maxlen,
@@ -53,6 +59,7 @@ class ScorerState:
                 timeout=settings.redis_timeout_s,
                 backoff_max=settings.redis_backoff_max_s,
                 log_max_candidates=settings.log_max_candidates,
+                shards=settings.event_shards,
             )
             self.encode_events = BackgroundTask(self.events.encode_pending)
 
@@ -72,6 +79,53 @@ class ScorerState:
                 await asyncio.to_thread(self.refresh_models)
             except Exception:  # keep polling whatever happened
                 log.exception("model refresh failed")
+
+    async def sync_metrics(self, interval: float = 1.0) -> None:
+        """Several workers: copy this worker's own counters into the shared metric files."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.metrics.sync(self.gauges())
+            except Exception:
+                log.exception("metrics sync failed")
+
+    def gauges(self) -> dict[str, tuple[str, str, float]]:
+        """The values other objects own, for ``/metrics``: name -> (type, help, value)."""
+        ev = self.events
+        gauges: dict[str, tuple[str, str, float]] = {
+            "xmtf_model_loaded": (
+                "gauge",
+                "1 when a model is served.",
+                float(self.store.current is not None),
+            ),
+            "xmtf_model_reloads_total": (
+                "counter",
+                "Model versions swapped in.",
+                self.store.reloads,
+            ),
+            "xmtf_model_refusals_total": (
+                "counter",
+                "Model versions refused.",
+                self.store.refusals,
+            ),
+        }
+        if ev:
+            gauges |= {
+                "xmtf_events_logged_total": ("counter", "Events written to Redis.", ev.logged),
+                "xmtf_events_buffered": ("gauge", "Events waiting in the buffer.", ev.buffered),
+                "xmtf_events_dropped_total": (
+                    "counter",
+                    "Events dropped (buffer full).",
+                    ev.dropped,
+                ),
+                "xmtf_redis_errors_total": ("counter", "Failed Redis writes.", ev.redis_errors),
+                "xmtf_redis_connected": (
+                    "gauge",
+                    "1 when the last Redis write succeeded.",
+                    float(ev.connected),
+                ),
+            }
+        return gauges
 
     def after_response(
         self, live: LiveExperiment, req: RankInput, result: RankResult

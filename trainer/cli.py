@@ -90,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
     _add(p, "redis-url", "redis://127.0.0.1:6379/0")
     _add(p, "events-stream", DEFAULT_STREAM)
+    p.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=str(_env("redis-cluster", "false")).lower() in ("1", "true", "yes"),
+        help="the Redis URL is a seed node of a Redis Cluster (SPEC §14)",
+    )
+    _add(p, "event-shards", 1, type=_positive_int, help="event streams <stream>:{0..S-1}")
+    _add(p, "shards", "all", help="the shards this job consumes: all, 3, 0-3, 0,2 (default all)")
     _add(p, "group", "xmtf-trainer")
     _add(p, "consumer", "trainer-1")
     p.add_argument("--until-idle", action="store_true", help="stop once the stream is drained")
@@ -257,8 +265,24 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
     canary = _canary_share(str(args.publish))
     set_threads(int(args.threads))
     device = resolve_device(str(args.device))
-    client = redis.Redis.from_url(args.redis_url, socket_timeout=10, socket_connect_timeout=3)
+    from shared.redis_client import make_client
+    from shared.sharding import parse_shards
+
+    n_shards = int(args.event_shards)
     try:
+        shards = parse_shards(str(args.shards), n_shards)
+    except ValueError as exc:
+        raise CLIError(f"--shards: {exc}") from exc
+    if args.redis_cluster and n_shards == 1 and "{" not in str(args.events_stream):
+        # <stream> and <stream>:transitions would hash to different slots: no MULTI/EXEC
+        raise CLIError(
+            "on a Redis Cluster use --event-shards >= 2 (streams <stream>:{i}) or a stream "
+            "name with a hash tag, e.g. {xmtf}:events"
+        )
+    try:
+        client = make_client(
+            args.redis_url, bool(args.redis_cluster), socket_timeout=10, socket_connect_timeout=3
+        )
         client.ping()
     except redis.RedisError as exc:
         raise CLIError(f"cannot reach Redis at {args.redis_url}: {exc}") from exc
@@ -281,7 +305,14 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
         canary_share=canary,
     )
     try:
-        trainer = StreamTrainer(args.model_dir, config, client, started=args.started)
+        if n_shards > 1 or args.redis_cluster:
+            from trainer.stream.shards import ShardedStreamTrainer
+
+            trainer: StreamTrainer = ShardedStreamTrainer(
+                args.model_dir, config, client, shards, n_shards, started=args.started
+            )
+        else:
+            trainer = StreamTrainer(args.model_dir, config, client, started=args.started)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from exc
     stats = trainer.run(

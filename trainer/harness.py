@@ -256,3 +256,124 @@ def running_scorer(scorer: ScorerProcess, timeout: float = 60.0) -> Iterator[Sco
         yield scorer
     finally:
         scorer.stop()
+
+
+# ----------------------------------------------------------------------------- Redis Cluster
+
+
+def redis_cli_executable() -> str:
+    exe = shutil.which("redis-cli")
+    if exe is None:
+        raise HarnessError("redis-cli is not installed (Debian: apt-get install redis-tools)")
+    return exe
+
+
+def _redis_command(port: int, *args: str, timeout: float = 2.0) -> str:
+    out = subprocess.run(
+        [redis_cli_executable(), "-h", HOST, "-p", str(port), *args],
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    return out.stdout.decode(errors="replace")
+
+
+def cluster_port() -> int:
+    """A free port P below 55536 whose cluster bus port P + 10000 is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind((HOST, port))
+                b.bind((HOST, port + 10000))
+            return port
+        except OSError:
+            continue
+    raise HarnessError("no free port pair for a cluster node")
+
+
+@dataclass
+class RedisCluster:
+    """A private Redis Cluster on loopback: ``n_masters`` masters with ``replicas`` replicas
+    each (``redis-server --cluster-enabled yes`` on free ports, joined by ``redis-cli --cluster
+    create``), node timeout ``node_timeout_ms`` (how fast a dead master's replica is promoted).
+    :meth:`kill` stops one node (a crash); ``url`` is a seed node's URL."""
+
+    workdir: Path
+    n_masters: int = 3
+    replicas: int = 1
+    node_timeout_ms: int = 1000
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        live = [n for n in self.nodes if n.proc is not None]
+        return f"redis://{HOST}:{live[0].port}/0"
+
+    def start(self, timeout: float = 30.0) -> None:
+        exe = redis_server_executable()
+        for i in range(self.n_masters * (1 + self.replicas)):
+            node = RedisServer(port=cluster_port(), workdir=self.workdir)
+            folder = self.workdir / f"node-{node.port}"
+            folder.mkdir(parents=True, exist_ok=True)
+            cmd = [exe, "--port", str(node.port), "--bind", HOST, "--save", "", "--appendonly"]
+            cmd += ["no", "--dir", str(folder), "--cluster-enabled", "yes"]
+            cmd += ["--cluster-config-file", f"nodes-{i}.conf"]
+            cmd += ["--cluster-node-timeout", str(self.node_timeout_ms)]
+            node.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.nodes.append(node)
+        deadline = time.monotonic() + timeout
+        while not all(redis_ping(n.port) for n in self.nodes):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise HarnessError("cluster nodes did not start")
+            time.sleep(0.05)
+        create = [redis_cli_executable(), "--cluster", "create"]
+        create += [f"{HOST}:{n.port}" for n in self.nodes]
+        create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            self.stop()
+            raise HarnessError(f"redis-cli --cluster create failed: {done.stdout[-500:]!r}")
+        self.wait_ok(deadline - time.monotonic())
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says ``cluster_state:ok`` and agrees on the masters."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = [n for n in self.nodes if n.proc is not None]
+            if all("cluster_state:ok" in _redis_command(n.port, "CLUSTER", "INFO") for n in live):
+                return
+            time.sleep(0.1)
+        raise HarnessError("the Redis Cluster did not reach cluster_state:ok")
+
+    def masters(self) -> list[RedisServer]:
+        """The live nodes that are masters now (as the first live node sees it)."""
+        live = [n for n in self.nodes if n.proc is not None]
+        out = _redis_command(live[0].port, "CLUSTER", "NODES")
+        ports = {
+            int(line.split()[1].split("@")[0].rsplit(":", 1)[1])
+            for line in out.splitlines()
+            if " master " in f" {line.split()[2].replace(',', ' ')} " and "fail" not in line
+        }
+        return [n for n in live if n.port in ports]
+
+    def kill(self, node: RedisServer) -> None:
+        node.stop()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@contextlib.contextmanager
+def redis_cluster(workdir: Path, n_masters: int = 3, replicas: int = 1) -> Iterator[RedisCluster]:
+    """A started :class:`RedisCluster`, stopped on exit."""
+    cluster = RedisCluster(workdir, n_masters, replicas)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
