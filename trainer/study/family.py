@@ -104,8 +104,7 @@ def verdict(rows: list[dict[str, Any]]) -> str:
         parts.append("xMTF is below the best non-personalised method in " + ", ".join(losses))
     if not parts:
         return "No study with xMTF was given."
-    text = "; ".join(parts) + "."
-    return text[0].upper() + text[1:]
+    return "; ".join(parts) + "."
 
 
 def render_paper(rows: list[dict[str, Any]], papers: list[Path], notes: str | None) -> str:
