@@ -445,31 +445,46 @@ class StreamTrainer:
         deadline = self._deadline()
         return deadline is not None and time.monotonic() >= deadline
 
-    def run(self, progress: Callable[[ConsumeStats], None] | None = None) -> ConsumeStats:
-        """Consume until idle (``until_idle``), ``max_events``, the time budget, or forever."""
+    def _prepare(self) -> None:
+        """Before ingest: the group, the dedupe set's retention, the replay, trimmed entries."""
         cfg = self.config
-        self.learner.budget = dataclasses.replace(self.learner.budget, deadline=self._deadline())
         self.ensure_group()
         self.redis.zremrangebyscore(cfg.trained_key, "-inf", time.time() - cfg.dedupe_retention_s)
         self.restore_replay()
         self._count_trimmed_unread()
+
+    def _recover(self) -> None:
+        """This consumer's own pending entries (after a crash), then dead consumers' ones."""
+        self._read_own_pending()
+        self._claim_stale()
+
+    def _ingest_round(self) -> int:
+        """One read and its processing; returns how many entries it read (0: drained). A
+        drained read under ``until_idle`` is not processed: the loop stops on it."""
+        entries = self._read()
+        if entries or not self.config.until_idle:
+            self._process(entries)
+        return len(entries)
+
+    def run(self, progress: Callable[[ConsumeStats], None] | None = None) -> ConsumeStats:
+        """Consume until idle (``until_idle``), ``max_events``, the time budget, or forever."""
+        self.learner.budget = dataclasses.replace(self.learner.budget, deadline=self._deadline())
+        self._prepare()
         self.learner.start()
         t_ingest = time.monotonic()
         try:
-            self._read_own_pending()
-            self._claim_stale()
+            self._recover()
             while True:
+                cfg = self.config
                 if cfg.max_events is not None and self.stats.events >= cfg.max_events:
                     self.stats.stopped_by = "max_events"
                     break
                 if self._out_of_time():
                     self.stats.stopped_by = "time_budget"
                     break
-                entries = self._read()
-                if not entries and cfg.until_idle:
+                if not self._ingest_round() and self.config.until_idle:
                     self.stats.stopped_by = "idle"
                     break
-                self._process(entries)
                 if progress:
                     progress(self.stats)
             self.stats.ingest_seconds = time.monotonic() - t_ingest

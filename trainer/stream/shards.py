@@ -23,13 +23,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from shared.sharding import shard_stream
 from trainer.export import ExportResult
-from trainer.stream.consume import ConsumeConfig, ConsumeStats, StreamTrainer
+from trainer.stream.consume import ConsumeConfig, StreamTrainer
 from trainer.stream.joiner import SessionJoiner
 
 log = logging.getLogger(__name__)
@@ -104,54 +103,25 @@ class ShardedStreamTrainer(StreamTrainer):
         finally:
             self.lock.release()
 
-    def run(self, progress: Callable[[ConsumeStats], None] | None = None) -> ConsumeStats:
-        """As :meth:`StreamTrainer.run`, visiting the shards in turn."""
-        self.learner.budget = dataclasses.replace(self.learner.budget, deadline=self._deadline())
+    def _prepare(self) -> None:
         restored = 0
         for i in range(len(self.shards)):
             self._use(i)
-            cfg = self.config
-            self.ensure_group()
-            self.redis.zremrangebyscore(
-                cfg.trained_key, "-inf", time.time() - cfg.dedupe_retention_s
-            )
-            restored += self.restore_replay()
-            self._count_trimmed_unread()
+            super()._prepare()
+            restored += self.stats.restored
         self.stats.restored = min(restored, self.config.replay_capacity)
-        self.learner.start()
-        t_ingest = time.monotonic()
-        try:
-            for i in range(len(self.shards)):
-                self._use(i)
-                self._read_own_pending()
-                self._claim_stale()
-            while True:
-                if (
-                    self.config.max_events is not None
-                    and self.stats.events >= self.config.max_events
-                ):
-                    self.stats.stopped_by = "max_events"
-                    break
-                if self._out_of_time():
-                    self.stats.stopped_by = "time_budget"
-                    break
-                got = 0
-                for i in range(len(self.shards)):
-                    self._use(i)
-                    entries = self._read()
-                    got += len(entries)
-                    self._process(entries)
-                if not got and self.config.until_idle:
-                    self.stats.stopped_by = "idle"
-                    break
-                if progress:
-                    progress(self.stats)
-            self.stats.ingest_seconds = time.monotonic() - t_ingest
-            self.learner.finish()
-        except BaseException:
-            self.learner.stop()
-            raise
-        if self.learner.has_unexported:
-            self.learner.export_now()
-        self.stats.seconds = time.monotonic() - self.started
-        return self.stats
+
+    def _recover(self) -> None:
+        for i in range(len(self.shards)):
+            self._use(i)
+            super()._recover()
+
+    def _ingest_round(self) -> int:
+        """One read of every shard in turn, each processed (empty ones too)."""
+        got = 0
+        for i in range(len(self.shards)):
+            self._use(i)
+            entries = self._read()
+            got += len(entries)
+            self._process(entries)
+        return got
