@@ -34,6 +34,7 @@ from trainer.config import to_dict
 from trainer.loop import ScoreFn
 from trainer.sim import SimConfig, UserSimulator, evaluate
 from trainer.study.methods.cem import CEMConfig, cem_optimize
+from trainer.study.methods.formulas import calibrated
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,6 @@ class HeadroomConfig:
             "log_weight_high": self.log_weight_high,
             "quick": self.quick,
         }
-
-
-def calibrated(predictions: np.ndarray, tasks: Sequence[TaskSpec]) -> np.ndarray:
-    """(U, K, C) standardised predictions in each task's direction."""
-    offset = np.array([t.offset for t in tasks])[:, None]
-    scale = np.array([t.scale for t in tasks])[:, None]
-    direction = np.array([t.direction for t in tasks])[:, None]
-    return direction * (np.asarray(predictions, np.float64) - offset) / scale
 
 
 def personalised_score_fn(

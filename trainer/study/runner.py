@@ -28,7 +28,7 @@ from trainer.selection import Selector
 from trainer.sim import UserSimulator, evaluate
 from trainer.study.config import PaperConfig
 from trainer.study.methods.cem import cem_optimize
-from trainer.study.methods.formulas import fixed_weights_score_fn, task_directions
+from trainer.study.methods.formulas import calibrated, fixed_weights_score_fn, task_directions
 from trainer.study.methods.myopic import MyopicMFCLearner
 from trainer.study.methods.td3 import TD3Agent, TD3Learner
 from trainer.study.registry import MFC_KINDS, Method
@@ -168,16 +168,14 @@ class Runner:
     def formula_fn(self, method: Method, log_weights: np.ndarray) -> ScoreFn:
         """A fixed-weight formula (raw or calibrated predictions, as the method asks)."""
         assert method.formula is not None
-        fn = fixed_weights_score_fn(
-            log_weights, method.formula, self.config.formula.beta, self.directions
-        )
+        beta = self.config.formula.beta
         if not method.calibrated:
-            return fn
-        offset = np.array([t.offset for t in self.tasks], np.float32)[:, None]
-        scale = np.array([t.scale for t in self.tasks], np.float32)[:, None]
-        # standardised, then shifted positive (the formula's inputs); the shift does not change
-        # a linear formula's ranking
-        return lambda s, p: fn(s, (p - offset) / scale + 10.0)
+            return fixed_weights_score_fn(log_weights, method.formula, beta, self.directions)
+        # calibrated() already orients each task; standardised, then shifted positive (the
+        # formula's inputs): the shift does not change a linear formula's ranking
+        fn = fixed_weights_score_fn(log_weights, method.formula, beta, None)
+        tasks = self.tasks
+        return lambda s, p: fn(s, calibrated(p, tasks) + 10.0)
 
     # -- runs
     def run(self, method: Method, seed: int, checkpoint: Path | None = None) -> Trial:

@@ -6,7 +6,8 @@ every baseline searches log-weights ``u_k`` and uses ``a_k = exp(u_k)``: ``u = 0
 neutral fusion (the plain sum for formula 1, the plain product for formula 2). A task of
 direction -1 enters as ``1 - o_k``. :func:`outer_formula_scores` is the formula xMTF degenerates
 to without its inner stage, ``z = sum_k o_k (1 + a_k o_k)`` (monotone for ``a_k > -1/2``).
-Predictions are task-major ``(U, K, N)`` everywhere.
+Predictions are task-major ``(U, K, N)`` everywhere. :func:`calibrated` is the standardised,
+direction-oriented input that xMTF's cells see, offered to the formulas too.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ def _oriented(predictions: np.ndarray, directions: Sequence[int] | None) -> np.n
         return predictions
     flip = np.asarray(directions).reshape(1, -1, 1) < 0
     return np.where(flip, 1.0 - predictions, predictions)
+
+
+def calibrated(predictions: np.ndarray, tasks: Sequence[TaskSpec]) -> np.ndarray:
+    """(U, K, C) standardised predictions in each task's direction."""
+    offset = np.array([t.offset for t in tasks])[:, None]
+    scale = np.array([t.scale for t in tasks])[:, None]
+    direction = np.array([t.direction for t in tasks])[:, None]
+    return direction * (np.asarray(predictions, np.float64) - offset) / scale
 
 
 def formula_scores(
