@@ -112,9 +112,8 @@ def render_paper(rows: list[dict[str, Any]], papers: list[Path], notes: str | No
     parts = [
         "# xMTF offline study across the world family",
         "",
-        "Assembled by `xmtf-train family` from the study folders below (each one "
-        "`xmtf-train paper` run, its own `paper.md` has the full protocol) and "
-        "`results/headroom.json`. Protocol and worlds: `results/worlds.md`.",
+        "Each world's section below is one `xmtf-train paper` run (its own `paper.md` has the "
+        "full protocol). Protocol and worlds: `results/worlds.md`.",
         "",
         render(rows).split("\n", 2)[2].strip(),  # the dose-response table, without its title
     ]
