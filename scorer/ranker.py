@@ -21,7 +21,7 @@ import orjson
 from scorer.model import LoadedModel
 from scorer.parsing import RankInput
 from shared.experiment import DEFAULT_ARM
-from shared.fusion import exploration_noise
+from shared.fusion import exploration_noise, outer_stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,5 +112,4 @@ def explain(
     the applied ``action``; a row sums to the candidate's fused score (the MFCs score each
     candidate on its own, so the returned columns alone give the same ``q``)."""
     q, _ = model.infer(req.state, np.ascontiguousarray(req.predictions[:, indices]))
-    a = action.astype(np.float32)[:, None]
-    return np.asarray((q * (1.0 + a * q)).T, np.float32)
+    return np.asarray(outer_stage(q, action.astype(np.float32)).T, np.float32)

@@ -1,7 +1,7 @@
 """The numpy reference of xMTF's per-request maths, shared by the scorer and the trainer.
 
-* :func:`fused_scores`: the outer stage ``z_i = sum_k q_ki (1 + a_k q_ki)`` over the task axis
-  of a task-major ``(..., K, N)`` array;
+* :func:`outer_stage` and :func:`fused_scores`: each task's ``q_ki (1 + a_k q_ki)`` and their
+  sum over the task axis of a task-major ``(..., K, N)`` array;
 * :func:`exploration_noise`: the scorer's Gaussian action noise;
 * :func:`top_n` (one request) and :func:`top_n_indices` (a batch of requests): the best ``n``
   candidates, best first, ties by lower index (as ONNX ``TopK`` orders equal values).
@@ -16,12 +16,17 @@ from __future__ import annotations
 import numpy as np
 
 
+def outer_stage(q: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """Each task's contribution ``q_ki (1 + a_k q_ki)``: q ``(..., K, N)``, action ``(..., K)``."""
+    return q * (1.0 + action[..., None] * q)
+
+
 def fused_scores(q: np.ndarray, action: np.ndarray) -> np.ndarray:
     """``z_i = sum_k q_ki (1 + a_k q_ki)``: q ``(..., K, N)``, action ``(..., K)`` -> ``(..., N)``.
 
     Computed in the dtype of the inputs (float64 in, float64 out).
     """
-    return (q * (1.0 + action[..., None] * q)).sum(axis=-2)
+    return outer_stage(q, action).sum(axis=-2)
 
 
 def exploration_noise(
