@@ -214,18 +214,27 @@ class Runner:
             selector.start(learner)
         pending = list(cfg.budgets)
         rows: list[dict[str, Any]] = []
+        # the last budget's evaluation also samples the states for the audits below
+        recorder: _StateRecorder | None = None
 
         def used() -> int:
             spent = self.train_sim.requests_served - start_requests
             return spent + (selector.requests if selector is not None else 0)
 
+        def score_fn() -> ScoreFn:
+            nonlocal recorder
+            if pending:
+                return learner.score_fn()
+            recorder = _StateRecorder(learner.score_fn())
+            return recorder
+
         def at_budget(budget: int) -> None:
             if selector is None:
-                rows.append(self._budget_row(budget, used(), learner.score_fn()))
+                rows.append(self._budget_row(budget, used(), score_fn()))
                 return
             current = learner.snapshot()
             decision = selector.finish(learner)  # the selected checkpoint, put in place
-            row = self._budget_row(budget, used(), learner.score_fn())
+            row = self._budget_row(budget, used(), score_fn())
             row["selected_step"] = decision["selected_step"]
             row["kept_start"] = decision["kept_start"]
             rows.append(row)
@@ -247,7 +256,9 @@ class Runner:
                                log_every=log_every, progress=self.progress, desc=desc)  # fmt: skip
             assert isinstance(learner, TD3Learner)
             curve = self._offline(learner, desc)
-            rows = [self._budget_row(b, used(), learner.score_fn()) for b in cfg.budgets]
+            pending.clear()  # one model after all its budgets: evaluated once
+            row = self._budget_row(cfg.budgets[-1], used(), score_fn())
+            rows = [{**row, "budget": b} for b in cfg.budgets]
         else:
             curve = run_online(self.train_sim, learner, tc, seed, steps=steps,
                                log_every=cfg.log_every, progress=self.progress, desc=desc,
@@ -256,8 +267,7 @@ class Runner:
             extra: dict[str, Any] = {"validation": selector.finish(learner)["validation"]}
         else:
             extra = {}
-        recorder = _StateRecorder(learner.score_fn())
-        evaluate(self.eval_sim, recorder, min(200, tc.eval_sessions), tc.eval_seed)
+        assert recorder is not None, "the run ended before its last budget"
         states = np.concatenate(recorder.states)
         if method.kind in MFC_KINDS and method.tsh_config(cfg.tsh).use_inner:
             extra["mono_violation"] = mfc_violation_rate(learner.agent, states)  # type: ignore[attr-defined]
