@@ -38,9 +38,9 @@ def estimate_seconds(runner: Runner, methods: Sequence[Method]) -> dict[str, flo
         probed = max(1, runner.train_sim.requests_served - before)
         per_request = (time.perf_counter() - t) / probed
         eval_requests = tc.eval_sessions * probed / probe_sessions
-        if method.kind in ("cem", "cem_xmtf"):
+        if method.kind in ("cem", "cem_xmtf", "es_xmtf"):
             est = per_request * (budget + n_evals * eval_requests)
-            if method.kind == "cem_xmtf":
+            if method.kind != "cem":
                 est *= 3.0  # the MFCs score every candidate (torch), not a formula
         elif method.kind in ("control", "init"):
             est = per_request * eval_requests * (3.0 if method.kind == "init" else 1.0)

@@ -9,6 +9,7 @@ from typing import Any
 
 from trainer.config import TSHConfig, from_dict, load_json, to_dict
 from trainer.loop import TrainConfig
+from trainer.policy_search import PolicySearchConfig
 from trainer.sim import SimConfig
 from trainer.study.methods.cem import CEMConfig
 from trainer.study.methods.formulas import FormulaConfig
@@ -43,6 +44,7 @@ class PaperConfig:
         default_factory=lambda: CEMConfig(iterations=10_000, population=16, sessions=100)
     )
     td3: TD3Config = field(default_factory=TD3Config)
+    es: PolicySearchConfig = field(default_factory=PolicySearchConfig)
     formula: FormulaConfig = field(default_factory=FormulaConfig)
     trials: int = 10
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -96,15 +98,16 @@ class PaperConfig:
             ),
             budgets=(100, 250),
             cem=CEMConfig(iterations=100, population=4, sessions=4),
+            es=PolicySearchConfig(pairs=2, sessions=4),
             trials=trials,
             log_every=2,
             quick=True,
         )
 
     def with_overrides(self, path: Path) -> PaperConfig:
-        """Apply a JSON file with optional sections sim, tsh, train, cem, td3, formula."""
+        """Apply a JSON file with optional sections sim, tsh, train, cem, td3, es, formula."""
         data = load_json(path)
-        sections = {"sim", "tsh", "train", "cem", "td3", "formula"}
+        sections = {"sim", "tsh", "train", "cem", "td3", "es", "formula"}
         unknown = sorted(set(data) - sections)
         if unknown:
             raise ValueError(f"unknown config section(s): {', '.join(unknown)}")
@@ -116,6 +119,7 @@ class PaperConfig:
             ("train", TrainConfig),
             ("cem", CEMConfig),
             ("td3", TD3Config),
+            ("es", PolicySearchConfig),
             ("formula", FormulaConfig),
         ):
             if name in data:
@@ -132,6 +136,7 @@ class PaperConfig:
             "train": to_dict(self.train),
             "cem": to_dict(self.cem),
             "td3": to_dict(self.td3),
+            "es": to_dict(self.es),
             "formula": to_dict(self.formula),
             "trials": self.trials,
             "methods": list(self.methods),

@@ -13,7 +13,7 @@ from trainer.config import TSHConfig
 class Method:
     key: str
     label: str
-    kind: str  # control | cem | cem_xmtf | td3 | batchrl | tsh | myopic | init
+    kind: str  # control | cem | cem_xmtf | es_xmtf | td3 | batchrl | tsh | myopic | init
     table: int = 3
     formula: str | None = None
     tsh: tuple[tuple[str, Any], ...] = ()  # TSHConfig overrides
@@ -41,6 +41,16 @@ METHODS: tuple[Method, ...] = (
         "cem_xmtf",
     ),
     Method("xmtf", "xMTF", "tsh"),
+    # the outer stage searched on session returns (trainer/policy_search.py), inner as initialised
+    Method(
+        "xmtf_es", "xMTF, outer stage by evolution strategies (inner as initialised)", "es_xmtf"
+    ),
+    Method(
+        "xmtf_es_no_state",
+        "xMTF by evolution strategies w/o state input (a constant action)",
+        "es_xmtf",
+        tsh=(("use_state", False),),
+    ),
     Method(
         "xmtf_no_state",
         "xMTF w/o state input (cells and actor blind)",
@@ -83,10 +93,12 @@ FORMULA_BASELINES = (
 )  # fmt: skip
 #: Non-personalised methods at the same budget: the pre-registered contrast of the study is
 #: xMTF against the best of these (results/worlds.md, issue 11).
-NON_PERSONALISED = ("cem1", "cem1_cal", "cem2", "xmtf_const", "xmtf_no_state")
+NON_PERSONALISED = (
+    "cem1", "cem1_cal", "cem2", "xmtf_const", "xmtf_no_state", "xmtf_es_no_state",
+)  # fmt: skip
 #: The study's default methods: the reduced set a 2-core run can afford (README).
 DEFAULT_METHODS = (
     "plain_sum", "neutral_log", "xmtf_init", "cem1", "cem1_cal", "xmtf_const", "td3_1",
     "xmtf", "xmtf_no_state",
 )  # fmt: skip
-MFC_KINDS = ("tsh", "myopic", "init")
+MFC_KINDS = ("tsh", "myopic", "init", "es_xmtf")

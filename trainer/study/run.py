@@ -139,7 +139,7 @@ def _run_paper(
     def checkpoint_of(method: Method, seed: int) -> Path | None:
         if seed != 0 or method.kind == "control":
             return None
-        json_kinds = ("cem", "cem_xmtf")
+        json_kinds = ("cem", "cem_xmtf")  # es_xmtf keeps an xMTF agent (safetensors)
         return ckpt_dir / f"{method.key}{'.json' if method.kind in json_kinds else '.safetensors'}"
 
     trials: dict[tuple[str, int], Trial] = {}

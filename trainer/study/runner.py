@@ -23,6 +23,7 @@ import numpy as np
 
 from trainer import losses
 from trainer.loop import Learner, ScoreFn, TSHLearner, run_online
+from trainer.policy_search import PolicySearchLearner
 from trainer.replay import ReplayBuffer
 from trainer.selection import Selector
 from trainer.sim import UserSimulator, evaluate
@@ -143,6 +144,13 @@ class Runner:
         if method.kind in ("tsh", "init", "cem_xmtf"):
             agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
             return TSHLearner(agent, self._replay(seed), tsh.batch_size)
+        if method.kind == "es_xmtf":  # the actor must be wide enough to hold a linear policy
+            tsh = replace(tsh, hidden=max(tsh.hidden, 2 * self.state_dim))
+            agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
+            es = replace(cfg.es, personalise=cfg.es.personalise and tsh.use_state)
+            learner = PolicySearchLearner(agent, es, seed)
+            learner.start(self.train_sim.reset(512, seed=CEM_USERS - 1).state)  # not counted
+            return learner
         if method.kind == "myopic":
             agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
             m = max(tc.replay_candidates, cfg.world.top_n)
@@ -184,6 +192,8 @@ class Runner:
             return self._run_cem(method, seed, checkpoint, t0)
         if method.kind in ("control", "init"):
             return self._run_fixed(method, seed, checkpoint, t0)
+        if method.kind == "es_xmtf":
+            return self._run_es(method, seed, checkpoint, t0)
         return self._run_online(method, seed, checkpoint, t0)
 
     def _run_fixed(self, method: Method, seed: int, checkpoint: Path | None, t0: float) -> Trial:
@@ -209,8 +219,7 @@ class Runner:
         start_requests = self.train_sim.requests_served
         selector = None
         if tc.select_every and method.kind != "batchrl":
-            selector = Selector(UserSimulator(self.val_world), tc.val_sessions, tc.val_seed,
-                                tc.eval_seed)  # fmt: skip
+            selector = self._selector()
             selector.start(learner)
         pending = list(cfg.budgets)
         rows: list[dict[str, Any]] = []
@@ -289,6 +298,56 @@ class Runner:
             if (u + 1) % every == 0 or u + 1 == n_updates:
                 curve.append({"step": (u + 1) / tc.updates_per_step, **metrics})
         return curve
+
+    def _selector(self) -> Selector:
+        tc = self.config.train
+        return Selector(UserSimulator(self.val_world), tc.val_sessions, tc.val_seed, tc.eval_seed)
+
+    def _run_es(self, method: Method, seed: int, checkpoint: Path | None, t0: float) -> Trial:
+        """xMTF with the outer stage searched by ES (trainer/policy_search.py) until each budget
+        is spent; checkpoints are selected on validation users, as for the online learners."""
+        cfg = self.config
+        learner = self.make_learner(method, seed)
+        assert isinstance(learner, PolicySearchLearner)
+        start_requests = self.train_sim.requests_served
+        selector = self._selector()
+        selector.start(learner)
+        pending = list(cfg.budgets)
+        rows: list[dict[str, Any]] = []
+        curve: list[dict[str, float]] = []
+        recorder: _StateRecorder | None = None
+
+        def used() -> int:
+            return self.train_sim.requests_served - start_requests + selector.requests
+
+        it = 0
+        while pending:
+            users = CEM_USERS + 1000 * seed + it  # never the validation or evaluation users
+            row = learner.iterate(self.train_sim, users)
+            it += 1
+            if it % cfg.es.select_every == 0:
+                row.update(selector.consider(it, learner))
+            curve.append({"step": float(it), "train_return": row["population_mean"], **row})
+            while pending and used() >= pending[0]:
+                current = learner.snapshot()
+                decision = selector.finish(learner)
+                fn = learner.score_fn()
+                if len(pending) == 1:
+                    recorder = _StateRecorder(fn)
+                    fn = recorder
+                budget_row = self._budget_row(pending.pop(0), used(), fn)
+                budget_row["selected_step"] = decision["selected_step"]
+                budget_row["kept_start"] = decision["kept_start"]
+                rows.append(budget_row)
+                learner.restore(current)
+        extra: dict[str, Any] = {"validation": selector.finish(learner)["validation"]}
+        assert recorder is not None
+        states = np.concatenate(recorder.states)
+        extra["mono_violation"] = mfc_violation_rate(learner.agent, states)
+        extra["action_at_bound"] = _saturation(learner, states)
+        if checkpoint is not None:
+            learner.save(checkpoint)
+        return Trial(seed, rows, time.perf_counter() - t0, curve, extra)
 
     def _run_cem(self, method: Method, seed: int, checkpoint: Path | None, t0: float) -> Trial:
         """CEM until each budget is spent (the candidates' sessions are its training)."""

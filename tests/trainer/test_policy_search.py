@@ -1,0 +1,135 @@
+"""The policy-search outer stage: the linear actor, the ES estimator, the learner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.config import TSHConfig
+from trainer.export import export_version
+from trainer.networks import Actor
+from trainer.policy_search import (
+    EvolutionStrategy,
+    PolicySearchConfig,
+    PolicySearchLearner,
+    centred_ranks,
+    es_gradient,
+    linear_actions,
+    neutral_preimage,
+    write_linear_actor,
+)
+from trainer.sim import SimConfig, UserSimulator, evaluate
+from trainer.tsh import TSHAgent
+
+LOW, HIGH = -0.45, 1.5
+
+
+def _agent(sim: UserSimulator, hidden: int = 64) -> TSHAgent:
+    cfg = TSHConfig(hidden=hidden, neutral_fit_steps=20, monotone_by_construction=True)
+    return TSHAgent(sim.task_specs(), sim.state_dim, cfg, seed=0)
+
+
+@pytest.fixture(scope="module")
+def sim() -> UserSimulator:
+    return UserSimulator(SimConfig(n_candidates=20, max_steps=8, n_items=500, seed=3))
+
+
+def test_neutral_preimage_maps_to_the_neutral_action() -> None:
+    off = neutral_preimage(LOW, HIGH)
+    a = linear_actions(np.zeros((6, 11)), np.ones((3, 10)), LOW, HIGH, off)
+    np.testing.assert_allclose(a, 0.0, atol=1e-6)
+
+
+def test_written_actor_equals_the_linear_policy() -> None:
+    rng = np.random.default_rng(0)
+    d, k = 10, 6
+    actor = Actor(d, k, 32, LOW, HIGH)
+    theta = rng.normal(0, 0.5, (k, 1 + d))
+    mu, sd = rng.normal(size=d), rng.uniform(0.5, 2.0, d)
+    off = neutral_preimage(LOW, HIGH)
+    write_linear_actor(actor, theta, off, mu, sd)
+    z = rng.normal(0, 2, (64, d)).astype(np.float32)
+    with torch.no_grad():
+        got = actor(torch.as_tensor(z)).numpy()
+    want = linear_actions(theta, (z - mu) / sd, LOW, HIGH, off)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_written_actor_refuses_a_narrow_network() -> None:
+    with pytest.raises(ValueError, match="hidden width"):
+        write_linear_actor(Actor(10, 6, 16, LOW, HIGH), np.zeros((6, 11)), 0.0, np.zeros(10),
+                           np.ones(10))  # fmt: skip
+
+
+def test_centred_ranks() -> None:
+    np.testing.assert_allclose(centred_ranks(np.array([3.0, -1.0, 10.0])), [0.0, -0.5, 0.5])
+
+
+def test_es_gradient_on_a_hand_computable_case() -> None:
+    # two pairs, eps = e1 and e2; the + member of pair 1 wins, pair 2 ties its mirror:
+    # ranks of [r+1, r+2, r-1, r-2] = [4, 2, 1, 2] -> the weight vector is (+, 0)
+    eps = np.array([[1.0, 0.0], [0.0, 1.0]])
+    grad = es_gradient(eps, np.array([4.0, 2.0]), np.array([1.0, 2.0]))
+    assert grad[0] > 0 and grad[1] == pytest.approx(0.0, abs=0.2)
+
+
+def test_es_climbs_a_quadratic() -> None:
+    target = np.array([[0.5, -0.3], [-0.4, 0.2]])
+    cfg = PolicySearchConfig(pairs=8, sigma_bias=0.2, sigma_state=0.2, lr=0.05)
+    es = EvolutionStrategy(target.shape, cfg, seed=0)
+    for _ in range(200):
+        es.step(lambda thetas: -np.sum((thetas - target) ** 2, axis=(1, 2)))
+    np.testing.assert_allclose(es.theta, target, atol=0.1)
+
+
+def test_constant_search_leaves_the_state_weights_at_zero() -> None:
+    cfg = PolicySearchConfig(pairs=4, personalise=False)
+    es = EvolutionStrategy((3, 5), cfg, seed=1)
+    for _ in range(5):
+        es.step(lambda thetas: thetas[:, 0, 0] + thetas[:, 1, 3])
+    assert np.all(es.theta[:, 1:] == 0.0) and es.theta[0, 0] > 0
+
+
+def test_learner_starts_at_xmtf_as_initialised(sim: UserSimulator) -> None:
+    agent = _agent(sim)
+    reference = _agent(sim)
+    learner = PolicySearchLearner(agent, PolicySearchConfig(pairs=2, sessions=8), seed=0)
+    learner.start(sim.reset(64, seed=5).state)
+    obs = sim.reset(16, seed=7)
+    want, _ = reference.act(obs.state, explore=False)
+    got = learner.score_fn()(obs.state, obs.predictions)
+    # the same cells; the actor's exact neutral action vs the fresh actor's near-neutral one
+    np.testing.assert_allclose(got, reference.scores(obs.state, obs.predictions, want), atol=1e-3)
+    np.testing.assert_allclose(agent.norm.mean.numpy(), reference.norm.mean.numpy())
+
+
+def test_iterations_spend_counted_requests_and_move_the_actor(sim: UserSimulator) -> None:
+    agent = _agent(sim)
+    cfg = PolicySearchConfig(pairs=2, sessions=8, lr=0.2)
+    learner = PolicySearchLearner(agent, cfg, seed=0)
+    learner.start(sim.reset(64, seed=5).state)
+    before = sim.requests_served
+    row = learner.iterate(sim, users_seed=11)
+    assert sim.requests_served - before >= 4 * 8  # 4 candidates x 8 sessions, >= 1 step each
+    assert row["theta_bias_abs"] > 0
+    # the actor holds the searched policy: its greedy ranking equals the candidate's
+    obs = sim.reset(16, seed=9)
+    np.testing.assert_allclose(
+        learner.score_fn()(obs.state, obs.predictions),
+        learner.candidate_fn(learner.es.theta)(obs.state, obs.predictions),
+        atol=1e-4,
+    )
+    same = evaluate(sim, learner.score_fn(), 8, 13).returns
+    assert np.isfinite(same).all()
+
+
+def test_searched_policy_exports_with_parity(sim: UserSimulator, tmp_path) -> None:
+    agent = _agent(sim)
+    learner = PolicySearchLearner(agent, PolicySearchConfig(pairs=2, sessions=4, lr=0.3), 0)
+    learner.start(sim.reset(64, seed=5).state)
+    learner.es.theta = np.random.default_rng(0).normal(0, 0.3, learner.es.theta.shape)
+    write_linear_actor(agent.actor, learner.es.theta, learner.offset, learner.mu, learner.sd)
+    # export_version refuses (raises) a version whose ONNX graphs differ from the agent
+    result = export_version(agent, tmp_path)
+    assert (tmp_path / result.version).is_dir()
