@@ -171,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "world-seed", None, type=int, help="world seed (default 101, a held-out world)")
     _add(p, "data-dir", None, help="a KuaiRand-Pure folder: real users (disjoint folds)")
     _add(p, "eval-sessions", None, type=_positive_int, help="evaluation users per cell")
-    _add(p, "config", None, type=Path, help="JSON overrides: sim, tsh, train, cem, td3, es, formula")
+    _add(p, "config", None, type=Path, help="JSON overrides: sim tsh train cem td3 es formula")
     _add(p, "threads", None, type=_positive_int, help="torch threads per run (default 1)")
     _add(p, "jobs", 1, type=_positive_int, help="runs in parallel processes (default 1)")
     p.add_argument("--no-progress", action="store_true")
