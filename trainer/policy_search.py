@@ -43,11 +43,15 @@ class PolicySearchConfig:
     sigma_state: float = 0.05  # perturbation std of V (per unit of normalised state)
     lr: float = 0.05  # Adam step on theta
     personalise: bool = True  # False: search c only (a constant action, no personalisation)
-    select_every: int = 4  # iterations between validations of the current policy
+    # One validation look just before each budget is reached (the search's last iterate is its
+    # candidate), on ``val_sessions`` validation users (0: the study's ``train.val_sessions``):
+    # fewer, larger looks than the online learners' periodic ones, so a smaller gain can clear
+    # the guard's 95 % bound.
+    val_sessions: int = 1000
 
     def __post_init__(self) -> None:
-        if self.pairs < 1 or self.sessions < 1 or self.select_every < 1:
-            raise ValueError("policy search needs pairs, sessions and select_every >= 1")
+        if self.pairs < 1 or self.sessions < 1 or self.val_sessions < 0:
+            raise ValueError("policy search needs pairs, sessions >= 1 and val_sessions >= 0")
         if not (self.sigma_bias > 0 and self.sigma_state > 0 and self.lr > 0):
             raise ValueError("sigma_bias, sigma_state and lr must be > 0")
 

@@ -299,9 +299,10 @@ class Runner:
                 curve.append({"step": (u + 1) / tc.updates_per_step, **metrics})
         return curve
 
-    def _selector(self) -> Selector:
+    def _selector(self, sessions: int = 0) -> Selector:
         tc = self.config.train
-        return Selector(UserSimulator(self.val_world), tc.val_sessions, tc.val_seed, tc.eval_seed)
+        return Selector(UserSimulator(self.val_world), sessions or tc.val_sessions, tc.val_seed,
+                        tc.eval_seed)  # fmt: skip
 
     def _run_es(self, method: Method, seed: int, checkpoint: Path | None, t0: float) -> Trial:
         """xMTF with the outer stage searched by ES (trainer/policy_search.py) until each budget
@@ -310,8 +311,9 @@ class Runner:
         learner = self.make_learner(method, seed)
         assert isinstance(learner, PolicySearchLearner)
         start_requests = self.train_sim.requests_served
-        selector = self._selector()
+        selector = self._selector(cfg.es.val_sessions)
         selector.start(learner)
+        val_cost = selector.requests  # one look at the validation users, in requests
         pending = list(cfg.budgets)
         rows: list[dict[str, Any]] = []
         curve: list[dict[str, float]] = []
@@ -320,26 +322,30 @@ class Runner:
         def used() -> int:
             return self.train_sim.requests_served - start_requests + selector.requests
 
-        it = 0
+        it, per_iteration = 0, 0
         while pending:
-            users = CEM_USERS + 1000 * seed + it  # never the validation or evaluation users
-            row = learner.iterate(self.train_sim, users)
-            it += 1
-            if it % cfg.es.select_every == 0:
-                row.update(selector.consider(it, learner))
-            curve.append({"step": float(it), "train_return": row["population_mean"], **row})
-            while pending and used() >= pending[0]:
+            if used() + per_iteration + val_cost > pending[0]:
+                # the next iteration would leave no room to validate: look, then evaluate
+                look = selector.consider(it, learner)
+                curve.append({"step": float(it), **look})
                 current = learner.snapshot()
                 decision = selector.finish(learner)
                 fn = learner.score_fn()
                 if len(pending) == 1:
                     recorder = _StateRecorder(fn)
                     fn = recorder
-                budget_row = self._budget_row(pending.pop(0), used(), fn)
-                budget_row["selected_step"] = decision["selected_step"]
-                budget_row["kept_start"] = decision["kept_start"]
-                rows.append(budget_row)
+                row = self._budget_row(pending.pop(0), used(), fn)
+                row["selected_step"] = decision["selected_step"]
+                row["kept_start"] = decision["kept_start"]
+                rows.append(row)
                 learner.restore(current)
+                continue
+            before = self.train_sim.requests_served
+            users = CEM_USERS + 1000 * seed + it  # never the validation or evaluation users
+            metrics = learner.iterate(self.train_sim, users)
+            per_iteration = self.train_sim.requests_served - before
+            it += 1
+            curve.append({"step": float(it), "train_return": metrics["population_mean"], **metrics})
         extra: dict[str, Any] = {"validation": selector.finish(learner)["validation"]}
         assert recorder is not None
         states = np.concatenate(recorder.states)
