@@ -38,10 +38,10 @@ class PolicySearchConfig:
     """Evolution strategies over ``theta = [c | V]`` (K x (1 + D))."""
 
     pairs: int = 8  # antithetic pairs per iteration (2 x pairs candidates)
-    sessions: int = 64  # sessions per candidate, the same users for every candidate (CRN)
-    sigma_bias: float = 0.3  # perturbation std of c (pre-squash action units)
-    sigma_state: float = 0.05  # perturbation std of V (per unit of normalised state)
-    lr: float = 0.05  # Adam step on theta
+    sessions: int = 32  # sessions per candidate, the same users for every candidate (CRN)
+    sigma_bias: float = 0.5  # perturbation std of c (pre-squash action units)
+    sigma_state: float = 0.05  # perturbation std of V (per unit of standardised state)
+    lr: float = 0.1  # Adam step on theta
     personalise: bool = True  # False: search c only (a constant action, no personalisation)
     # One validation look just before each budget is reached (the search's last iterate is its
     # candidate), on ``val_sessions`` validation users (0: the study's ``train.val_sessions``):

@@ -52,14 +52,14 @@ def mfc_violation_rate(agent: TSHAgent, states: np.ndarray, grid: int = STUDY_GR
 class _StateRecorder:
     """Wraps a score_fn and keeps a sample of the states it sees (for the audits)."""
 
-    def __init__(self, fn: ScoreFn, keep: int = 512) -> None:
-        self.fn, self.keep = fn, keep
+    def __init__(self, fn: ScoreFn, keep: int = 512, per_call: int = 16) -> None:
+        self.fn, self.keep, self.per_call = fn, keep, per_call
         self.states: list[np.ndarray] = []
         self.count = 0
 
     def __call__(self, state: np.ndarray, predictions: np.ndarray) -> np.ndarray:
         if self.count < self.keep:
-            take = state[:: max(1, len(state) // 16)][: self.keep - self.count]
+            take = state[:: max(1, len(state) // self.per_call)][: self.keep - self.count]
             self.states.append(take.copy())
             self.count += len(take)
         return self.fn(state, predictions)
@@ -148,9 +148,7 @@ class Runner:
             tsh = replace(tsh, hidden=max(tsh.hidden, 2 * self.state_dim))
             agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
             es = replace(cfg.es, personalise=cfg.es.personalise and tsh.use_state)
-            learner = PolicySearchLearner(agent, es, seed)
-            learner.start(self.train_sim.reset(512, seed=CEM_USERS - 1).state)  # not counted
-            return learner
+            return PolicySearchLearner(agent, es, seed)
         if method.kind == "myopic":
             agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
             m = max(tc.replay_candidates, cfg.world.top_n)
@@ -311,6 +309,10 @@ class Runner:
         learner = self.make_learner(method, seed)
         assert isinstance(learner, PolicySearchLearner)
         start_requests = self.train_sim.requests_served
+        # the policy's state standardisation, from states along neutral-policy sessions (counted)
+        sampler = _StateRecorder(learner.score_fn(), keep=8192)
+        evaluate(self.train_sim, sampler, 128, CEM_USERS - 1)
+        learner.start(np.concatenate(sampler.states))
         selector = self._selector(cfg.es.val_sessions)
         selector.start(learner)
         val_cost = selector.requests  # one look at the validation users, in requests
