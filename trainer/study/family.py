@@ -12,7 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.study.report import NOTES_FILE, render_tables
+from trainer.study.report import LEARNERS, NOTES_FILE, render_tables
+
+#: How the dose-response table names each learner.
+LEARNER_LABELS = {"xmtf": "xMTF (actor-critic outer stage)", "xmtf_es": "xMTF (ES outer stage)"}
 
 
 def _contrast(verdict: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -33,21 +36,29 @@ def dose_rows(papers: list[Path], headroom: Path | None) -> list[dict[str, Any]]
         report = json.loads((folder / "paper.json").read_text())
         world, dose = int(report["meta"]["world_seed"]), float(report["config"].get("dose", 0.0))
         verdict = report.get("verdict", {})
-        rows.append(
-            {
-                "study": str(folder),
-                "world_seed": world,
-                "dose": dose,
-                "budget": verdict.get("budget"),
-                "population": report["meta"].get("population"),
-                "vs_best_non_personalised": _contrast(verdict, "vs_best_non_personalised"),
-                "vs_init": _contrast(verdict, "vs_init"),
-                "vs_no_state": _contrast(verdict, "vs_no_state"),
-                "headroom": room.get((world, dose), {}).get("headroom"),
-                "observable": room.get((world, dose), {}).get("observable"),
-            }
-        )
-    return sorted(rows, key=lambda r: (r["world_seed"], r["dose"]))
+        population = report["meta"].get("population", "synthetic")
+        measured = room.get((world, dose), {}) if population == "synthetic" else {}
+        for learner in LEARNERS:
+            found = verdict if learner == "xmtf" else verdict.get(learner)
+            if learner not in report["methods"] or not isinstance(found, dict):
+                continue
+            rows.append(
+                {
+                    "study": str(folder),
+                    "learner": learner,
+                    "population": population,
+                    "world_seed": world,
+                    "dose": dose,
+                    "budget": verdict.get("budget"),
+                    "vs_best_non_personalised": _contrast(found, "vs_best_non_personalised"),
+                    "vs_init": _contrast(found, "vs_init"),
+                    "vs_no_state": _contrast(found, "vs_no_state"),
+                    "headroom": measured.get("headroom"),
+                    "observable": measured.get("observable"),
+                }
+            )
+    return sorted(rows, key=lambda r: (str(r["population"]), r["world_seed"], r["dose"],
+                                       r["learner"]))  # fmt: skip
 
 
 def _cell(e: dict[str, Any] | None) -> str:
@@ -66,16 +77,19 @@ def render(rows: list[dict[str, Any]]) -> str:
         "non-personalised method, a paired difference (same seeds, same evaluation users) with "
         "its 95 % CI; the headroom is measured without any learner (oracle − global CEM).",
         "",
-        "| world | d | budget (requests) | headroom (oracle − global) | 95 % CI "
-        "| observable (segment − global) | 95 % CI | xMTF − best non-personalised | 95 % CI "
-        "| best non-personalised | xMTF − its start | 95 % CI | xMTF − xMTF w/o state | 95 % CI |",
-        "|---:|---:|---:|---:|---|---:|---|---:|---|---|---:|---|---:|---|",
+        "| learner | users | world | d | budget (requests) | headroom (oracle − global) "
+        "| 95 % CI | observable (segment − global) | 95 % CI | xMTF − best non-personalised "
+        "| 95 % CI | best non-personalised | xMTF − its start | 95 % CI "
+        "| xMTF − xMTF w/o state | 95 % CI |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|---:|---|---|---:|---|---:|---|",
     ]
     for r in rows:
         best = (r["vs_best_non_personalised"] or {}).get("other", "–")
         budget = f"{r['budget']:,}" if r["budget"] else "–"
+        users = r.get("population") or "synthetic"
         lines.append(
-            f"| {r['world_seed']} | {r['dose']:g} | {budget} | {_cell(r['headroom'])} | "
+            f"| {LEARNER_LABELS.get(r.get('learner', 'xmtf'), 'xMTF')} | {users} | "
+            f"{r['world_seed']} | {r['dose']:g} | {budget} | {_cell(r['headroom'])} | "
             f"{_cell(r['observable'])} | {_cell(r['vs_best_non_personalised'])} | {best} | "
             f"{_cell(r['vs_init'])} | {_cell(r['vs_no_state'])} |"
         )
@@ -92,7 +106,9 @@ def verdict(rows: list[dict[str, Any]]) -> str:
         c = r["vs_best_non_personalised"]
         if not c:
             continue
-        label = f"d = {r['dose']:g} (world {r['world_seed']})"
+        users = ", KuaiRand users" if r.get("population") == "kuairand" else ""
+        learner = LEARNER_LABELS.get(r.get("learner", "xmtf"), "xMTF")
+        label = f"d = {r['dose']:g} (world {r['world_seed']}{users}; {learner})"
         lo, hi = c["ci95"]
         (wins if lo > 0 else losses if hi < 0 else ties).append(label)
     parts = []

@@ -33,26 +33,53 @@ def _mean(report: dict[str, Any], key: str) -> float:
     return float(report["methods"][key]["summary"]["budgets"][-1]["return"]["mean"])
 
 
+#: The xMTF learners a verdict is computed for, each with its own state ablation: the
+#: actor-critic outer stage (the paper's) and the policy-search one (trainer/policy_search.py).
+LEARNERS = {"xmtf": "xmtf_no_state", "xmtf_es": "xmtf_es_no_state"}
+
+
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
-    """The study's contrasts at the last budget, each a paired difference with its 95 % CI."""
+    """The study's contrasts at the last budget, each a paired difference with its 95 % CI:
+    for ``xmtf`` at the top level, for ``xmtf_es`` (when run) under its key."""
     methods = report["methods"]
     out: dict[str, Any] = {}
-    if "xmtf" not in methods:
+    texts = []
+    for key, no_state in LEARNERS.items():
+        if key not in methods:
+            continue
+        found, lines = _contrasts(report, key, no_state)
+        if key == "xmtf":
+            out.update(found)
+        else:
+            out[key] = found
+        texts.append(" ".join(lines))
+    if not texts:
         out["text"] = "xMTF is not in this run: no comparison."
         return out
-    budget = methods["xmtf"]["summary"]["budgets"][-1]["budget"]
-    lines = []
+    budget = methods[next(k for k in LEARNERS if k in methods)]["summary"]["budgets"][-1]
+    out["ranking"] = sorted(methods, key=lambda k: -_mean(report, k))
+    out["budget"] = budget["budget"]
+    out["text"] = f"At {budget['budget']:,} simulated requests per method: " + " ".join(texts)
+    return out
 
-    def contrast(name: str, other: str, label: str) -> None:
-        d = paired(report, "xmtf", other)
-        out[name] = {"other": other, **d.as_dict(), "significant": d.excludes_zero}
+
+def _contrasts(report: dict[str, Any], key: str, no_state: str) -> tuple[dict[str, Any], list[str]]:
+    """One learner's contrasts (paired differences) and their sentences."""
+    methods = report["methods"]
+    name = methods[key]["label"]
+    out: dict[str, Any] = {}
+    lines: list[str] = []
+
+    def contrast(field: str, other: str, label: str) -> None:
+        d = paired(report, key, other)
+        out[field] = {"other": other, **d.as_dict(), "significant": d.excludes_zero}
         sign = "above" if d.lo > 0 else "below" if d.hi < 0 else "within noise of"
         lines.append(
-            f"xMTF vs {label}: {d.mean:+.1f} s per session, 95 % CI [{d.lo:.1f}, {d.hi:.1f}] "
+            f"{name} vs {label}: {d.mean:+.1f} s per session, 95 % CI [{d.lo:.1f}, {d.hi:.1f}] "
             f"({sign} it)."
         )
 
-    non_personal = [k for k in NON_PERSONALISED if k in methods and k != "xmtf"]
+    non_personal = [k for k in NON_PERSONALISED if k in methods and k != key]
     if non_personal:
         best = max(non_personal, key=lambda k: _mean(report, k))
         label = f"the best non-personalised method ({methods[best]['label']})"
@@ -64,15 +91,11 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         best = max(formulas, key=lambda k: _mean(report, k))
         label = f"the best formula-based method ({methods[best]['label']})"
         contrast("vs_best_formula", best, label)
-    if "xmtf_no_state" in methods:
-        contrast("vs_no_state", "xmtf_no_state", "xMTF without the state (no personalisation)")
+    if no_state in methods:
+        contrast("vs_no_state", no_state, f"{methods[no_state]['label']} (no personalisation)")
     if "plain_sum" in methods:
         contrast("vs_plain_sum", "plain_sum", "the plain sum")
-    ranking = sorted(methods, key=lambda k: -_mean(report, k))
-    out["ranking"] = ranking
-    out["budget"] = budget
-    out["text"] = f"At {budget:,} simulated requests per method: " + " ".join(lines)
-    return out
+    return out, lines
 
 
 def _ci(e: dict[str, Any]) -> str:

@@ -210,8 +210,15 @@ def test_family_puts_the_contrast_next_to_the_headroom(tmp_path: Path, quick_run
     argv = ["family", "--papers", str(src), "--headroom", str(head / "headroom.json")]
     assert cli.main([*argv, "--out", str(out)]) == 0
     rows = json.loads((out / "dose-response.json").read_text())
-    assert len(rows) == 1 and rows[0]["dose"] == 0.0 and rows[0]["headroom"] is not None
-    assert rows[0]["vs_best_non_personalised"] == report["verdict"]["vs_best_non_personalised"]
+    by_learner = {r["learner"]: r for r in rows}
+    assert set(by_learner) == {"xmtf", "xmtf_es"}  # one row per xMTF learner of the study
+    for row in rows:
+        assert row["dose"] == 0.0 and row["headroom"] is not None
+    verdict = report["verdict"]
+    assert by_learner["xmtf"]["vs_best_non_personalised"] == verdict["vs_best_non_personalised"]
+    es = by_learner["xmtf_es"]
+    assert es["vs_best_non_personalised"] == verdict["xmtf_es"]["vs_best_non_personalised"]
+    assert es["vs_no_state"]["other"] == "xmtf_es_no_state"
     md = (out / "dose-response.md").read_text()
-    assert "| 101 | 0 |" in md
+    assert "| synthetic | 101 | 0 |" in md and "xMTF (ES outer stage)" in md
     assert cli.main(["family", "--papers", str(tmp_path / "none"), "--out", str(out)]) == 2
