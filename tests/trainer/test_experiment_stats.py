@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from shared.events import FeedbackEvent, FeedbackItemEvent, RankEvent, SessionEndEvent
 from shared.experiment import Experiment
@@ -106,8 +107,6 @@ def test_stats_check_small_run() -> None:
 
 
 def test_publish_canary_keeps_current_and_starts_an_experiment(tmp_path: Path) -> None:
-    import pytest
-
     from shared.experiment import read_experiment
     from shared.manifest import read_current, write_current
     from trainer.cli import _canary_share
@@ -128,3 +127,21 @@ def test_publish_canary_keeps_current_and_starts_an_experiment(tmp_path: Path) -
     with pytest.raises(ExperimentCommandError):
         publish_canary(tmp_path, "v4", 1.0)
     assert _canary_share("current") is None and _canary_share("canary:0.25") == 0.25
+
+
+def test_users_per_arm_closed_form_and_the_reports_test_at_that_size() -> None:
+    from trainer.experiment.stats import Z80, Ratio
+
+    # per-user relative spread cv = 1 (se / mean = 1 / sqrt(users)):
+    # n = 2 * 1 * 1.03^2 * (1.95996 + 0.84162)^2 / 0.03^2 = 18504.1 -> 18505
+    control = Ratio(mean=10.0, se=10.0 / math.sqrt(10_000), users=10_000)
+    n = users_per_arm(control, 0.03)
+    assert n == 18505
+    assert users_per_arm(control, 0.10) == math.ceil(2 * 1.1**2 * (Z95 + Z80) ** 2 / 0.01)
+    # at n users per arm, the report's own test (relative_difference's delta-method se, under
+    # the alternative where the treatment's mean is 1.03 times control's and its spread scales
+    # with it) sees the +3 % exactly (z_0.975 + z_0.8) standard errors away from 0: 80 % power
+    c = Ratio(10.0, 10.0 / math.sqrt(n), n)
+    t = Ratio(10.3, 10.3 / math.sqrt(n), n)
+    d = relative_difference(t, c)
+    assert d.relative / d.se == pytest.approx(Z95 + Z80, abs=2e-4)

@@ -12,9 +12,11 @@
    a naive fixed-n interval looked at as often.
 3. **Bad arm**: control and bad pools interleaved in arrival order; the guard looks every 50
    sessions; the sessions (both arms) seen when it rolls the arm back.
-4. **Power**: users per arm recommended by the report for a +3 % change; experiments of that
-   size drawn from the control pool (users resampled), the treatment's watch time scaled by
-   1.03; the share whose 95 % interval lies above 0.
+4. **Power**: users per arm recommended by the report for a +3 % change
+   (:func:`~trainer.experiment.stats.users_per_arm`, which counts the treatment's larger
+   variance under the alternative); experiments of that size drawn from the control pool (users
+   resampled), the treatment's watch time scaled by 1.03; the share whose 95 % interval lies
+   above 0.
 """
 
 from __future__ import annotations
@@ -202,11 +204,15 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {bad['sessions_at_rollback_median']:.0f} / {bad['sessions_at_rollback_p90']:.0f} "
             "| |",
             f"| power for +3 % at the recommended {pw['users_per_arm']} users per arm "
-            f"| {100 * pw['power']:.1f} % | 80 % (design) |",
+            f"({pw['trials']} experiments) | {100 * pw['power']:.1f} % | 80 % (design; "
+            f"binomial sd {100 * math.sqrt(0.8 * 0.2 / pw['trials']):.1f} %) |",
             "",
             f"z = {Z95:.3f}; guard: normal-mixture confidence sequence (tau = 0.05, alpha = 0.05), "
             "minimum 100 sessions per arm, looks every 10 % of the A/A users and every 50 "
-            "sessions for the bad arm.",
+            "sessions for the bad arm. Recommended users per arm: "
+            "n = 2 cv² (1 + δ)² (z_0.975 + z_0.8)² / δ², cv² the control's per-user relative "
+            "variance; (1 + δ)² is the relative difference's variance under the alternative "
+            "(without it the recommendation is 6 % short: 78 % power).",
             "",
             "```json",
             json.dumps(r, indent=1),
