@@ -10,7 +10,8 @@ import pytest
 
 from shared.events import FeedbackEvent, FeedbackItemEvent, RankEvent, SessionEndEvent
 from shared.experiment import Experiment
-from trainer.experiment.report import analyse, collect, markdown
+from trainer.experiment.report import analyse, markdown
+from trainer.experiment.sessions import collect
 from trainer.experiment.stats import (
     Z95,
     cs_radius,
@@ -84,8 +85,8 @@ def test_report_attributes_sessions_to_arms_at_user_level() -> None:
     events.append(_rank("x", "open", "u-x", "control", 99.0))  # not ended: not counted
     events.append(_rank("y", "fb", "u-y", "default", 10.0))  # refused arm's fallback
     events.append(SessionEndEvent("y", "fb", "u-y", 10.0))
-    data, fallback = collect(events, "e")
-    report = analyse(exp, data, fallback)
+    log = collect(events, "e")
+    report = analyse(exp, log.arms, log.fallback)
     arms = {a["name"]: a for a in report["arms"]}
     assert arms["control"]["sessions"] == 20 and arms["control"]["users"] == 10
     assert arms["control"]["watch_time_per_session"]["mean"] == 20.0
