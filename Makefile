@@ -24,10 +24,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-## bench: scorer latency/throughput next to the echo, parse and ONNX floors (results/bench.md)
+## bench: scorer latency/throughput next to the echo, parse and ONNX floors (results/bench.md);
+## cluster logging; what experiments, shadow scoring and explain cost (results/bench-rollout.md)
 bench: install
 	$(BIN)/python -m loadtest.bench
 	$(BIN)/python -m loadtest.cluster_bench
+	$(BIN)/python -m loadtest.bench_rollout
 
 ## bench-metrics: what /metrics costs the rank path, in-process vs multiprocess (several workers)
 .PHONY: bench-metrics
