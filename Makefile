@@ -59,10 +59,13 @@ paper: install
 		--headroom results/headroom.json --out results
 
 ## rollout-stats: experiment statistics on the simulator (A/A false positives, guard false
-## rollbacks, rollback delay of a bad arm, power) -> results/rollout-stats.md
+## rollbacks, rollback delay of a bad arm, power; CUPED when the KuaiRand-Pure user features are
+## in $XMTF_KUAIRAND_DIR or ../shared/data/kuairand-pure) -> results/rollout-stats.md
+KUAIRAND_DIR ?= $(or $(XMTF_KUAIRAND_DIR),$(wildcard ../shared/data/kuairand-pure))
 .PHONY: rollout-stats
 rollout-stats: install
-	$(BIN)/python -m trainer.experiment.stats_check --out results/rollout-stats.md
+	$(BIN)/python -m trainer.experiment.stats_check --out results/rollout-stats.md \
+		$(if $(KUAIRAND_DIR),--kuairand $(KUAIRAND_DIR))
 
 ## headroom: personalisation headroom of the world family, no learner -> results/headroom.md
 HEADROOM_JOBS ?= 1

@@ -10,6 +10,7 @@ import pytest
 
 from shared.events import FeedbackEvent, FeedbackItemEvent, RankEvent, SessionEndEvent
 from shared.experiment import Experiment
+from tests.trainer.real_data import REAL_DIR, needs_real
 from trainer.experiment.report import analyse, markdown
 from trainer.experiment.sessions import collect
 from trainer.experiment.stats import (
@@ -146,3 +147,15 @@ def test_users_per_arm_closed_form_and_the_reports_test_at_that_size() -> None:
     t = Ratio(10.3, 10.3 / math.sqrt(n), n)
     d = relative_difference(t, c)
     assert d.relative / d.se == pytest.approx(Z95 + Z80, abs=2e-4)
+
+
+@needs_real
+def test_cuped_check_on_real_population_users() -> None:
+    from trainer.experiment.stats_check import _cuped_rows, cuped_aa
+
+    assert REAL_DIR is not None
+    c = cuped_aa(str(REAL_DIR), sessions=4000, trials=20)
+    assert 0 < c["users_with_pre_period"] < c["users"]
+    assert 0.0 < c["variance_reduction"] < 1.0
+    assert c["spread_ratio"] < 1.0  # the adjusted A/A differences spread less
+    assert len(_cuped_rows(c)) == 3 and "not measured" in _cuped_rows(None)[0]
