@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.bench_rollout import CONFIGS, bootstrap_ratios, main
+from loadtest.bench_rollout import CONFIGS, bootstrap_ratios, main, verdict
 
 
 def test_bootstrap_ratio_intervals_cover_the_true_ratio() -> None:
@@ -25,6 +25,12 @@ def test_bootstrap_ratio_intervals_cover_the_true_ratio() -> None:
     drift = np.linspace(1.0, 2.0, 10)[:, None]
     paired = bootstrap_ratios(drift * rng.lognormal(0.0, 0.2, (10, 400)), drift * base, 200)
     assert paired["p50"][1] - paired["p50"][0] < 0.1
+
+
+def test_verdicts() -> None:
+    assert verdict(0.95, 1.02, 1.08, 1.10) == "met"
+    assert verdict(0.95, 1.02, 1.30, 1.10) == "not shown"
+    assert verdict(1.05, 1.20, 1.30, 1.10) == "not met"
 
 
 def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,6 +50,6 @@ def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     counted = res["counters"]
     assert set(counted["two_arm_requests"]) == {"control", "treatment"}
     assert counted["shadow_scored"] > 0 and counted["shadow_errors"] == 0
-    assert len(res["bars"]) == 2 and all(isinstance(b["met"], bool) for b in res["bars"])
+    assert [b["verdict"] in ("met", "not met", "not shown") for b in res["bars"]] == [True] * 2
     assert "load average at start" in md and "10 % shadow: p99 within 10 %" in md
     assert res["meta"]["loadavg_start"]
