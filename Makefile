@@ -24,10 +24,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-## bench: scorer latency/throughput next to the echo, parse and ONNX floors (results/bench.md)
+## bench: scorer latency/throughput next to the echo, parse and ONNX floors (results/bench.md);
+## cluster logging; what experiments, shadow scoring and explain cost (results/bench-rollout.md)
 bench: install
 	$(BIN)/python -m loadtest.bench
 	$(BIN)/python -m loadtest.cluster_bench
+	$(BIN)/python -m loadtest.bench_rollout
 
 ## bench-metrics: what /metrics costs the rank path, in-process vs multiprocess (several workers)
 .PHONY: bench-metrics
@@ -57,10 +59,13 @@ paper: install
 		--headroom results/headroom.json --out results
 
 ## rollout-stats: experiment statistics on the simulator (A/A false positives, guard false
-## rollbacks, rollback delay of a bad arm, power) -> results/rollout-stats.md
+## rollbacks, rollback delay of a bad arm, power; CUPED when the KuaiRand-Pure user features are
+## in $XMTF_KUAIRAND_DIR or ../shared/data/kuairand-pure) -> results/rollout-stats.md
+KUAIRAND_DIR ?= $(or $(XMTF_KUAIRAND_DIR),$(wildcard ../shared/data/kuairand-pure))
 .PHONY: rollout-stats
 rollout-stats: install
-	$(BIN)/python -m trainer.experiment.stats_check --out results/rollout-stats.md
+	$(BIN)/python -m trainer.experiment.stats_check --out results/rollout-stats.md \
+		$(if $(KUAIRAND_DIR),--kuairand $(KUAIRAND_DIR))
 
 ## headroom: personalisation headroom of the world family, no learner -> results/headroom.md
 HEADROOM_JOBS ?= 1

@@ -65,6 +65,9 @@ class Experiment(_Strict):
     name: Name
     salt: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     status: Literal["running", "stopped"] = "running"
+    #: When ``experiment start`` (or ``consume --publish canary``) wrote it, Unix seconds: the
+    #: end of the pre-period that ``report --cuped`` takes its covariate from (optional).
+    started_at: float | None = None
     arms: list[Arm] = Field(min_length=1)
     shadow: Shadow | None = None
     guardrail: Guardrail = Field(default_factory=Guardrail)

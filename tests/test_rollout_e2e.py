@@ -1,11 +1,13 @@
 """Rolling out a model end to end (SPEC §13): a real ``xmtf-scorer`` subprocess, a real Redis.
 
-Two versions in a 50/50 experiment; simulated users (a few requests each) go through
-``/v1/rank`` and ``/v1/feedback``. Both versions rank identically (the same graphs), so to have
-a *bad* arm the users' watch time is halved whenever the treatment served them: the test checks
-the plumbing (sticky assignment, shares, the arm in answers and events, ``report``, ``guard``,
-the rewrite of EXPERIMENT.json, the scorer moving the users to control). Whether the statistics
-hold up on the simulator is ``trainer.experiment.stats_check``'s job.
+Simulated users (a few requests each, each user with a level of watch time of their own) go
+through ``/v1/rank`` and ``/v1/feedback``: once before the experiment (served by ``CURRENT``),
+then in a 50/50 experiment of two versions. Both versions rank identically (the same graphs), so
+to have a *bad* arm the users' watch time is halved whenever the treatment served them: the test
+checks the plumbing (sticky assignment, shares, the arm in answers and events, ``report`` and
+``report --cuped`` with the sessions before the experiment as covariate, ``guard``, the rewrite
+of EXPERIMENT.json, the scorer moving the users to control). Whether the statistics hold up on
+the simulator is ``trainer.experiment.stats_check``'s job.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
     return dict(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
 
 
-def _drive(base: str, users: list[str], seed: int) -> dict[str, list[dict]]:
+def _drive(
+    base: str, users: list[str], seed: int, levels: dict[str, float]
+) -> dict[str, list[dict]]:
     rng = np.random.default_rng(seed)
     replies: dict[str, list[dict]] = {}
     with httpx.Client(base_url=base, timeout=10) as client:
@@ -56,7 +60,7 @@ def _drive(base: str, users: list[str], seed: int) -> dict[str, list[dict]]:
                 r.raise_for_status()
                 out = r.json()
                 replies.setdefault(u, []).append(out)
-                factor = 0.5 if out["arm"] == "treatment" else 1.0  # the bad arm
+                factor = levels[u] * (0.5 if out["arm"] == "treatment" else 1.0)  # bad arm
                 items = [
                     {
                         "item_id": it["item_id"],
@@ -77,14 +81,6 @@ def test_experiment_rollout_end_to_end(
     publish(model_dir / "v0001", model_dir, "v0002", match_manifest=True)
     write_current(model_dir, "v0001")
     md = str(model_dir)
-    started = _cli(
-        capsys, "experiment", "start", "--model-dir", md, "--name", "e2e",
-        "--arm", "control=v0001:0.5", "--arm", "treatment=v0002:0.5",
-        "--max-drop", "0.02", "--min-sessions", "30",
-    )  # fmt: skip
-    assert started["started"] == "e2e"
-    exp = read_experiment(model_dir)
-    assert exp is not None
     scorer = ScorerProcess(
         model_dir,
         redis_server.url,
@@ -96,8 +92,20 @@ def test_experiment_rollout_end_to_end(
         logfile=tmp_path / "scorer.log",
     )
     users = [f"user-{i}" for i in range(USERS)]
+    levels = dict(zip(users, np.random.default_rng(0).lognormal(0.0, 0.3, USERS), strict=True))
     with running_scorer(scorer):
-        replies = _drive(scorer.base, users, seed=1)
+        before = _drive(scorer.base, users, seed=0, levels=levels)  # no experiment yet
+        assert {o["arm"] for outs in before.values() for o in outs} == {"default"}
+        started = _cli(
+            capsys, "experiment", "start", "--model-dir", md, "--name", "e2e",
+            "--arm", "control=v0001:0.5", "--arm", "treatment=v0002:0.5",
+            "--max-drop", "0.02", "--min-sessions", "30",
+        )  # fmt: skip
+        assert started["started"] == "e2e"
+        exp = read_experiment(model_dir)
+        assert exp is not None and exp.started_at is not None
+        wait_until(lambda: httpx.get(f"{scorer.base}/v1/experiment").json()["running"], timeout=10)
+        replies = _drive(scorer.base, users, seed=1, levels=levels)
         # sticky, as the shared assignment says, with the arm's version
         for u, outs in replies.items():
             want = exp.assign(u)
@@ -109,7 +117,8 @@ def test_experiment_rollout_end_to_end(
         assert sum(live["requests"].values()) == USERS * STEPS
 
         client = redis.Redis.from_url(redis_server.url)
-        expected = USERS * STEPS * 2 + USERS  # rank + feedback per step, one session_end each
+        # rank + feedback per step, one session_end each; before and during the experiment
+        expected = 2 * (USERS * STEPS * 2 + USERS)
         wait_until(lambda: client.xlen(STREAM) >= expected, timeout=20)
         common = ["--model-dir", md, "--redis-url", redis_server.url, "--events-stream", STREAM]
         report = _cli(capsys, "experiment", "report", *common)
@@ -121,6 +130,16 @@ def test_experiment_rollout_end_to_end(
         assert -0.6 < vs["relative"] < -0.4
         assert set(arms["control"]["watch_time_per_session"]) == {"mean", "ci95"}
         assert arms["control"]["positive_rates"]["click"] == pytest.approx(0.3, abs=0.05)
+        assert report["event_streams"]["streams_read"] == 1
+
+        # CUPED: every user had a session before the experiment, and their levels persist
+        cuped = _cli(capsys, "experiment", "report", *common, "--cuped", "--json")
+        assert cuped["cuped"]["users_with_pre_period"] == USERS
+        assert cuped["cuped"]["pre_period_end"] == pytest.approx(exp.started_at)
+        assert cuped["cuped"]["variance_reduction"] > 0.2
+        adjusted = next(a for a in cuped["arms"] if a["name"] == "treatment")["vs_control_cuped"]
+        assert -0.6 < adjusted["relative"] < -0.4
+        assert adjusted["se"] < vs["se"]
 
         guard = _cli(capsys, "experiment", "guard", *common)
         assert guard["decision"] == "rolled_back" and guard["arms_rolled_back"] == ["treatment"]
@@ -135,7 +154,7 @@ def test_experiment_rollout_end_to_end(
             return bool(out["config"]["arms"][1]["status"] == "rolled_back")
 
         wait_until(moved, timeout=10)
-        again = _drive(scorer.base, treated[:20], seed=2)
+        again = _drive(scorer.base, treated[:20], seed=2, levels=levels)
         for outs in again.values():
             assert {(o["arm"], o["model_version"]) for o in outs} == {("control", "v0001")}
         # the guard has nothing left to do

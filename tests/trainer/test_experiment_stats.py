@@ -6,10 +6,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from shared.events import FeedbackEvent, FeedbackItemEvent, RankEvent, SessionEndEvent
 from shared.experiment import Experiment
-from trainer.experiment.report import analyse, collect, markdown
+from tests.trainer.real_data import REAL_DIR, needs_real
+from trainer.experiment.report import analyse, markdown
+from trainer.experiment.sessions import collect
 from trainer.experiment.stats import (
     Z95,
     cs_radius,
@@ -83,8 +86,8 @@ def test_report_attributes_sessions_to_arms_at_user_level() -> None:
     events.append(_rank("x", "open", "u-x", "control", 99.0))  # not ended: not counted
     events.append(_rank("y", "fb", "u-y", "default", 10.0))  # refused arm's fallback
     events.append(SessionEndEvent("y", "fb", "u-y", 10.0))
-    data, fallback = collect(events, "e")
-    report = analyse(exp, data, fallback)
+    log = collect(events, "e")
+    report = analyse(exp, log.arms, log.fallback)
     arms = {a["name"]: a for a in report["arms"]}
     assert arms["control"]["sessions"] == 20 and arms["control"]["users"] == 10
     assert arms["control"]["watch_time_per_session"]["mean"] == 20.0
@@ -106,8 +109,6 @@ def test_stats_check_small_run() -> None:
 
 
 def test_publish_canary_keeps_current_and_starts_an_experiment(tmp_path: Path) -> None:
-    import pytest
-
     from shared.experiment import read_experiment
     from shared.manifest import read_current, write_current
     from trainer.cli import _canary_share
@@ -128,3 +129,33 @@ def test_publish_canary_keeps_current_and_starts_an_experiment(tmp_path: Path) -
     with pytest.raises(ExperimentCommandError):
         publish_canary(tmp_path, "v4", 1.0)
     assert _canary_share("current") is None and _canary_share("canary:0.25") == 0.25
+
+
+def test_users_per_arm_closed_form_and_the_reports_test_at_that_size() -> None:
+    from trainer.experiment.stats import Z80, Ratio
+
+    # per-user relative spread cv = 1 (se / mean = 1 / sqrt(users)):
+    # n = 2 * 1 * 1.03^2 * (1.95996 + 0.84162)^2 / 0.03^2 = 18504.1 -> 18505
+    control = Ratio(mean=10.0, se=10.0 / math.sqrt(10_000), users=10_000)
+    n = users_per_arm(control, 0.03)
+    assert n == 18505
+    assert users_per_arm(control, 0.10) == math.ceil(2 * 1.1**2 * (Z95 + Z80) ** 2 / 0.01)
+    # at n users per arm, the report's own test (relative_difference's delta-method se, under
+    # the alternative where the treatment's mean is 1.03 times control's and its spread scales
+    # with it) sees the +3 % exactly (z_0.975 + z_0.8) standard errors away from 0: 80 % power
+    c = Ratio(10.0, 10.0 / math.sqrt(n), n)
+    t = Ratio(10.3, 10.3 / math.sqrt(n), n)
+    d = relative_difference(t, c)
+    assert d.relative / d.se == pytest.approx(Z95 + Z80, abs=2e-4)
+
+
+@needs_real
+def test_cuped_check_on_real_population_users() -> None:
+    from trainer.experiment.stats_check import _cuped_rows, cuped_aa
+
+    assert REAL_DIR is not None
+    c = cuped_aa(str(REAL_DIR), sessions=4000, trials=20)
+    assert 0 < c["users_with_pre_period"] < c["users"]
+    assert 0.0 < c["variance_reduction"] < 1.0
+    assert c["spread_ratio"] < 1.0  # the adjusted A/A differences spread less
+    assert len(_cuped_rows(c)) == 3 and "not measured" in _cuped_rows(None)[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from shared.experiment import (
     write_experiment,
 )
 from shared.manifest import ManifestError, read_current, read_manifest, write_current
-from trainer.experiment.report import analyse, collect, markdown, read_events
+from trainer.experiment.report import analyse, markdown
+from trainer.experiment.sessions import EventStreams, StreamsError, collect
 
 
 class ExperimentCommandError(ValueError):
@@ -43,6 +45,18 @@ def add_parser(sub: Any) -> None:
         if redis:
             q.add_argument("--redis-url", default=_env("redis-url", "redis://127.0.0.1:6379/0"))
             q.add_argument("--events-stream", default=_env("events-stream", DEFAULT_STREAM))
+            q.add_argument(
+                "--event-shards",
+                type=int,
+                default=int(_env("event-shards", 1)),
+                help="the scorers' event shards: read <stream>:{0..S-1} (default 1: <stream>)",
+            )
+            q.add_argument(
+                "--redis-cluster",
+                action="store_true",
+                default=str(_env("redis-cluster", "false")).lower() in ("1", "true", "yes"),
+                help="the Redis URL is a seed node of a Redis Cluster (SPEC §14)",
+            )
 
     q = esub.add_parser("start", help="write EXPERIMENT.json (arms, shares, shadow, guardrail)")
     common(q)
@@ -63,6 +77,11 @@ def add_parser(sub: Any) -> None:
     q = esub.add_parser("report", help="per-arm results from the session log")
     common(q, redis=True)
     q.add_argument("--json", action="store_true", help="only the JSON line")
+    q.add_argument(
+        "--cuped",
+        action="store_true",
+        help="also the difference adjusted by each user's pre-experiment watch time per session",
+    )
     q = esub.add_parser("guard", help="roll back a losing arm (sequential test); --promote")
     common(q, redis=True)
     q.add_argument(
@@ -126,6 +145,7 @@ def cmd_start(args: argparse.Namespace) -> dict[str, Any]:
             "name": args.name,
             "salt": args.salt or args.name,
             "status": "running",
+            "started_at": time.time(),
             "arms": arms,
             "shadow": shadow,
             "guardrail": {"max_drop": args.max_drop, "min_sessions": args.min_sessions},
@@ -151,23 +171,35 @@ def cmd_stop(args: argparse.Namespace) -> dict[str, Any]:
     return {"stopped": exp.name, "current": read_current(model_dir)}
 
 
-def _report(args: argparse.Namespace, exp: Experiment) -> dict[str, Any]:
+def _report(args: argparse.Namespace, exp: Experiment, cuped: bool = False) -> dict[str, Any]:
+    """The report of ``exp`` from every event stream (all shards)."""
     import redis
 
-    client = redis.Redis.from_url(args.redis_url, socket_timeout=10, socket_connect_timeout=3)
+    from shared.redis_client import make_client
+
+    if args.event_shards < 1:
+        raise ExperimentCommandError(f"--event-shards must be >= 1, got {args.event_shards}")
+    client = make_client(
+        args.redis_url, args.redis_cluster, socket_timeout=10, socket_connect_timeout=3
+    )
+    streams = EventStreams(client, args.events_stream, args.event_shards)
     try:
         client.ping()
-        data, fallback = collect(read_events(client, args.events_stream), exp.name)
+        streams.check()
+        log = collect(streams.events(), exp.name, pre_period=cuped, started_at=exp.started_at)
     except redis.RedisError as exc:
         raise ExperimentCommandError(f"cannot read {args.redis_url}: {exc}") from exc
+    except StreamsError as exc:
+        raise ExperimentCommandError(str(exc)) from exc
     finally:
         client.close()
-    return analyse(exp, data, fallback)
+    report = analyse(exp, log.arms, log.fallback, with_cuped=cuped, cutoff=log.cutoff)
+    return {**report, "event_streams": streams.describe()}
 
 
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     exp = _load(Path(args.model_dir))
-    report = _report(args, exp)
+    report = _report(args, exp, cuped=args.cuped)
     if not args.json:
         print(markdown(report), file=sys.stdout)
         print(file=sys.stdout)
@@ -189,6 +221,7 @@ def cmd_guard(args: argparse.Namespace) -> dict[str, Any]:
         n: {"decision": d, **{k: rows[n][k] for k in ("sessions", "vs_control")}}
         for n, d in decisions.items()
     }
+    read = {"event_streams": report["event_streams"]}
     if losing:
         for name in losing:
             exp = roll_back(exp, name)
@@ -199,6 +232,7 @@ def cmd_guard(args: argparse.Namespace) -> dict[str, Any]:
             "arms_rolled_back": losing,
             "shares": {a.name: a.share for a in exp.arms},
             "arms": summary,
+            **read,
         }
     winners = [n for n, d in decisions.items() if d == "promote" and rows[n]["status"] == "active"]
     if args.promote and winners:
@@ -212,8 +246,15 @@ def cmd_guard(args: argparse.Namespace) -> dict[str, Any]:
             "arm": best,
             "current": version,
             "arms": summary,
+            **read,
         }
-    return {"experiment": exp.name, "decision": "none", "promotable": winners, "arms": summary}
+    return {
+        "experiment": exp.name,
+        "decision": "none",
+        "promotable": winners,
+        "arms": summary,
+        **read,
+    }
 
 
 def publish_canary(model_dir: Path, version: str, share: float) -> dict[str, Any]:
@@ -229,10 +270,12 @@ def publish_canary(model_dir: Path, version: str, share: float) -> dict[str, Any
     except ExperimentError:
         previous = None
     name = f"canary-{version}"
+    started = previous.started_at if previous is not None and previous.name == name else None
     exp = _validate(
         {
             "name": name,
             "salt": previous.salt if previous else name,
+            "started_at": started if started is not None else time.time(),
             "arms": [
                 {"name": CONTROL, "version": current, "share": 1.0 - share},
                 {"name": "canary", "version": version, "share": share},

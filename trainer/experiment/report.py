@@ -1,37 +1,25 @@
 """``xmtf-train experiment report``: the session log of an experiment, arm by arm (SPEC §13).
 
-Reads the whole event stream (``XRANGE`` in chunks; a read-only pass that leaves the trainer's
-consumer group alone), keeps the rank events tagged with the experiment's name, and attributes
-each session to the arm of its first rank event. A session counts once it has ended
-(``session_end``, or no event for ``session_timeout_s`` before the newest one). Rank events of
-the experiment served by ``CURRENT`` because their arm's version was refused carry the arm
-``default`` and are counted apart (``fallback_sessions``), not in any arm.
-
-Per arm, at user level (each user's total watch time and sessions; :mod:`.stats`): sessions,
-users, watch time per session and session length with 95 % intervals, the positive rate of
-every task among the items shown; per treatment arm the relative difference to control with a
-95 % interval (delta method) and the guardrail's sequential bound; and the users per arm a +3 %
-change needs at 80 % power.
+The sessions come from :mod:`.sessions` (every event stream, sharded or not; each ended session
+attributed to the arm of its first request). Per arm, at user level (each user's total watch
+time and sessions; :mod:`.stats`): sessions, users, watch time per session and session length
+with 95 % intervals, the positive rate of every task among the items shown; per treatment arm
+the relative difference to control with a 95 % interval (delta method) and the guardrail's
+sequential bound; and the users per arm a +3 % change needs at 80 % power. With ``cuped``, the
+same difference CUPED-adjusted by each user's watch time per session before the experiment
+(:mod:`.cuped`), with the variance reduction it achieved.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from shared.events import (
-    EventDecodeError,
-    FeedbackEvent,
-    RankEvent,
-    SessionEndEvent,
-    decode,
-)
-from shared.experiment import DEFAULT_ARM, Experiment
+from shared.experiment import Experiment
+from trainer.experiment.cuped import ArmInput, covariate, cuped
+from trainer.experiment.sessions import ArmData
 from trainer.experiment.stats import (
     Ratio,
     guard_look,
@@ -43,112 +31,21 @@ from trainer.experiment.stats import (
 MDE = 0.03  # the relative change the recommended sample size is for
 
 
-@dataclass
-class _Session:
-    arm: str
-    user: str
-    requests: int = 0
-    watch: float = 0.0
-    ended: bool = False
-    last_ts: float = 0.0
-
-
-@dataclass
-class ArmData:
-    """Per-user totals of one arm (arrays aligned by user)."""
-
-    watch: np.ndarray  # total watch time of the user's counted sessions
-    sessions: np.ndarray  # counted sessions
-    requests: np.ndarray  # rank requests in them
-    positives: dict[str, int] = field(default_factory=dict)  # task -> items with signal > 0
-    items: int = 0  # items with feedback
-
-
-def read_events(client: Any, stream: str, chunk: int = 2000) -> Iterator[Any]:
-    """Every decodable event of ``stream`` in order (malformed entries are skipped)."""
-    start = "-"
-    while True:
-        entries = client.xrange(stream, min=start, max="+", count=chunk)
-        if not entries:
-            return
-        for _entry_id, fields in entries:
-            try:
-                yield decode(fields)
-            except EventDecodeError:
-                continue
-        last = entries[-1][0]
-        last = last.decode() if isinstance(last, bytes) else last
-        ms, seq = last.split("-")
-        start = f"{ms}-{int(seq) + 1}"
-        if len(entries) < chunk:
-            return
-
-
-def collect(
-    events: Iterable[Any], experiment: str, session_timeout_s: float = 1800.0
-) -> tuple[dict[str, ArmData], int]:
-    """(per-arm user data, fallback sessions) of ``experiment`` from the session log."""
-    sessions: dict[str, _Session] = {}
-    request_session: dict[str, str] = {}
-    positives: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    items: dict[str, int] = defaultdict(int)
-    newest = -math.inf
-    for ev in events:
-        newest = max(newest, ev.ts)
-        if isinstance(ev, RankEvent):
-            if ev.experiment != experiment or ev.arm is None:
-                continue
-            s = sessions.get(ev.session_id)
-            if s is None:
-                s = sessions[ev.session_id] = _Session(ev.arm, ev.user_id)
-            s.requests += 1
-            s.last_ts = ev.ts
-            request_session[ev.request_id] = ev.session_id
-        elif isinstance(ev, FeedbackEvent):
-            sid = request_session.get(ev.request_id)
-            if sid is None:
-                continue
-            s = sessions[sid]
-            s.watch += sum(i.watch_time for i in ev.items)
-            s.last_ts = ev.ts
-            s.ended |= ev.session_end
-            for item in ev.items:
-                items[s.arm] += 1
-                for task, value in item.signals.items():
-                    if value > 0:
-                        positives[s.arm][task] += 1
-        elif isinstance(ev, SessionEndEvent):
-            s2 = sessions.get(ev.session_id)
-            if s2 is not None:
-                s2.ended = True
-    per_user: dict[str, dict[str, list[float]]] = defaultdict(dict)
-    fallback = 0
-    for s in sessions.values():
-        if not (s.ended or s.last_ts < newest - session_timeout_s):
-            continue
-        if s.arm == DEFAULT_ARM:
-            fallback += 1
-            continue
-        tot = per_user[s.arm].setdefault(s.user, [0.0, 0.0, 0.0])
-        tot[0] += s.watch
-        tot[1] += 1
-        tot[2] += s.requests
-    out = {}
-    for arm, users in per_user.items():
-        arr = np.array(list(users.values()), np.float64).reshape(-1, 3)
-        out[arm] = ArmData(
-            arr[:, 0], arr[:, 1], arr[:, 2], dict(positives.get(arm, {})), items.get(arm, 0)
-        )
-    return out, fallback
-
-
 def _empty() -> ArmData:
     z = np.zeros(0)
     return ArmData(z, z, z)
 
 
-def analyse(exp: Experiment, data: dict[str, ArmData], fallback: int = 0) -> dict[str, Any]:
-    """The report (SPEC §13's JSON) of ``exp`` from per-arm user data."""
+def analyse(
+    exp: Experiment,
+    data: dict[str, ArmData],
+    fallback: int = 0,
+    *,
+    with_cuped: bool = False,
+    cutoff: float | None = None,
+) -> dict[str, Any]:
+    """The report (SPEC §13's JSON) of ``exp`` from per-arm user data; ``with_cuped`` adds the
+    CUPED-adjusted figures (the data must carry the pre-period, ``cutoff`` its end)."""
     control = exp.control
     ratios: dict[str, tuple[Ratio, Ratio]] = {}
     for arm in exp.arms:
@@ -182,7 +79,7 @@ def analyse(exp: Experiment, data: dict[str, ArmData], fallback: int = 0) -> dic
             looks[arm.name] = look
             row["guardrail"] = {"decision": look.decision, "sequence95": list(look.sequence)}
         arms_out.append(row)
-    return {
+    report: dict[str, Any] = {
         "experiment": exp.name,
         "status": exp.status,
         "arms": arms_out,
@@ -195,6 +92,55 @@ def analyse(exp: Experiment, data: dict[str, ArmData], fallback: int = 0) -> dic
         },
         "recommended_users_per_arm": users_per_arm(c_watch, MDE),
         "recommended_for": {"relative_change": MDE, "power": 0.8, "alpha": 0.05},
+    }
+    if with_cuped:
+        report["cuped"] = _cuped(exp, data, cutoff, arms_out)
+    return report
+
+
+def _cuped(
+    exp: Experiment, data: dict[str, ArmData], cutoff: float | None, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The ``cuped`` block of the report; adds ``cuped`` to each arm's row and
+    ``vs_control_cuped`` to each treatment's (see :mod:`.cuped`)."""
+    inputs = {}
+    for name, d in data.items():
+        zeros = np.zeros(len(d.watch))
+        pre_w = d.pre_watch if d.pre_watch is not None else zeros
+        pre_s = d.pre_sessions if d.pre_sessions is not None else zeros
+        inputs[name] = ArmInput(d.watch, d.sessions, covariate(pre_w, pre_s))
+    block: dict[str, Any] = {
+        "covariate": "each user's watch time per session before the experiment",
+        "pre_period_end": cutoff,
+    }
+    result = cuped({a.name: inputs[a.name] for a in exp.arms if a.name in inputs})
+    if result is None:
+        return {**block, "available": False, "reason": "no user with pre-period sessions"}
+    control = exp.control.name
+    for row in rows:
+        adj = result.adjusted.get(row["name"])
+        if adj is None:
+            continue
+        row["cuped"] = {
+            "watch_time_per_session": adj.as_dict(),
+            "users_with_pre_period": result.users_with_covariate[row["name"]],
+            "variance_reduction": result.variance_reduction[row["name"]],
+        }
+        if "vs_control" in row and control in result.adjusted:
+            diff = relative_difference(adj, result.adjusted[control])
+            raw_se = row["vs_control"]["se"]
+            row["vs_control_cuped"] = {
+                **diff.as_dict(),
+                "variance_reduction": 1.0 - (diff.se / raw_se) ** 2 if raw_se > 0 else None,
+            }
+    return {
+        **block,
+        "available": True,
+        "theta": result.theta,
+        "pre_period_mean": result.x_mean,
+        "users_with_pre_period": sum(result.users_with_covariate.values()),
+        "users": sum(r.users for r in result.adjusted.values()),
+        "variance_reduction": result.pooled_variance_reduction,
     }
 
 
@@ -237,6 +183,7 @@ def markdown(report: dict[str, Any]) -> str:
                 + " | ".join("–" if r is None else f"{r:.4f}" for r in rates)
                 + " |"
             )
+    lines += _cuped_markdown(report)
     n = report["recommended_users_per_arm"]
     lines += [
         "",
@@ -245,4 +192,48 @@ def markdown(report: dict[str, Any]) -> str:
         f"Fallback sessions (arm version refused, served by CURRENT): "
         f"{report['fallback_sessions']}.",
     ]
+    ev = report.get("event_streams")
+    if ev:
+        lines[-1] += (
+            f" Read {sum(ev['events'].values())} events from {ev['streams_read']} of "
+            f"{ev['shards']} event stream(s)."
+        )
     return "\n".join(lines)
+
+
+def _cuped_markdown(report: dict[str, Any]) -> list[str]:
+    c = report.get("cuped")
+    if c is None:
+        return []
+    if not c["available"]:
+        return ["", f"CUPED: not available ({c['reason']})."]
+    lines = [
+        "",
+        f"CUPED (covariate: {c['covariate']}; {c['users_with_pre_period']} of {c['users']} "
+        f"users have one, the others get the pooled mean {c['pre_period_mean']:.2f}; "
+        f"theta = {c['theta']:.3g}; variance reduction {100 * c['variance_reduction']:.1f} %):",
+        "",
+        "| arm | adjusted watch time / session (95 % CI) | variance reduction "
+        "| adjusted vs control (95 % CI) | variance reduction of the difference |",
+        "|---|---|---|---|---|",
+    ]
+    for a in report["arms"]:
+        cu = a.get("cuped")
+        if cu is None:
+            continue
+        w, vs = cu["watch_time_per_session"], a.get("vs_control_cuped")
+        vs_text = (
+            f"{_fmt(vs['relative'], True)} [{_fmt(vs['ci95'][0], True)}, "
+            f"{_fmt(vs['ci95'][1], True)}] | {_share(vs['variance_reduction'])}"
+            if vs
+            else "control | "
+        )
+        lines.append(
+            f"| {a['name']} | {_fmt(w['mean'])} [{_fmt(w['ci95'][0])}, {_fmt(w['ci95'][1])}] "
+            f"| {_share(cu['variance_reduction'])} | {vs_text} |"
+        )
+    return lines
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.1f} %"
