@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import platform
 import time
@@ -87,8 +88,32 @@ class StudyMismatch(ValueError):
     """``merge`` asked for a study that is absent or was run with another configuration."""
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "methods"}
+#: Config sections that only some kinds of method read: a study run before such a section
+#: existed, with none of those methods, merges with any value of it.
+SECTION_KINDS = {"es": ("es_xmtf",)}
+
+
+def _comparable(config: dict[str, Any], prior: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = {k: v for k, v in config.items() if k != "methods"}
+    if prior is not None:
+        kinds = {METHOD_BY_KEY[k].kind for k in prior["methods"] if k in METHOD_BY_KEY}
+        for section, readers in SECTION_KINDS.items():
+            if section not in prior["config"] and not kinds & set(readers):
+                out.pop(section, None)
+    return out
+
+
+def _same_numbers(a: Any, b: Any, rtol: float = 1e-6) -> bool:
+    """Equal up to ``rtol`` on floats: numpy's SIMD kernels round the last bit differently on
+    different CPUs, so a study merged on another machine sees the same world to ~1e-7."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_numbers(a[k], b[k], rtol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        pairs = zip(a, b, strict=False)
+        return len(a) == len(b) and all(_same_numbers(x, y, rtol) for x, y in pairs)
+    if isinstance(a, float | int) and isinstance(b, float | int):
+        return math.isclose(a, b, rel_tol=rtol, abs_tol=1e-9)
+    return bool(a == b)
 
 
 def _prior_study(config: PaperConfig, out: Path) -> dict[str, Any]:
@@ -96,7 +121,7 @@ def _prior_study(config: PaperConfig, out: Path) -> dict[str, Any]:
     if not path.is_file():
         raise StudyMismatch(f"nothing to merge into: {path} does not exist")
     prior: dict[str, Any] = json.loads(path.read_text())
-    mine, theirs = _comparable(config.as_dict()), _comparable(prior["config"])
+    mine, theirs = _comparable(config.as_dict(), prior), _comparable(prior["config"])
     differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     if differ:
         raise StudyMismatch(
@@ -125,6 +150,8 @@ def _run_paper(
     estimates = estimate_seconds(runner, methods)
     probe_s = time.perf_counter() - t
     plain = runner.evaluate(plain_sum_score)
+    if prior is not None and not _same_numbers(prior["plain_sum"], plain):
+        raise StudyMismatch("the plain sum changed since the merged study: not the same world")
     projected = sum(estimates.values()) * config.trials
     echo(
         f"paper: {len(methods)} methods x {config.trials} seeds, {n_jobs} job(s); projected "
@@ -196,12 +223,10 @@ def _run_paper(
         "methods": results,
     }
     if prior is not None:
-        if prior["plain_sum"] != plain:
-            raise RuntimeError("the plain sum changed since the merged study: not the same world")
         merged = {k: v for k, v in prior["methods"].items() if k not in results} | results
         keys = [m.key for m in METHODS if m.key in merged]
         report = prior | {"methods": {k: merged[k] for k in keys}}
-        report["config"] = prior["config"] | {"methods": keys}
+        report["config"] = config.as_dict() | prior["config"] | {"methods": keys}
         report["meta"] = prior["meta"] | {
             "merged": [*prior["meta"].get("merged", []), {**meta, "methods": list(results)}]
         }
