@@ -144,11 +144,6 @@ class Runner:
         if method.kind in ("tsh", "init", "cem_xmtf"):
             agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
             return TSHLearner(agent, self._replay(seed), tsh.batch_size)
-        if method.kind == "es_xmtf":  # the actor must be wide enough to hold a linear policy
-            tsh = replace(tsh, hidden=max(tsh.hidden, 2 * self.state_dim))
-            agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
-            es = replace(cfg.es, personalise=cfg.es.personalise and tsh.use_state)
-            return PolicySearchLearner(agent, es, seed)
         if method.kind == "myopic":
             agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
             m = max(tc.replay_candidates, cfg.world.top_n)
@@ -170,6 +165,16 @@ class Runner:
                 td3, self._replay(seed), tsh.batch_size, behaviour=method.kind == "batchrl"
             )
         raise ValueError(f"method {method.key} has no learner")
+
+    def make_es_learner(self, method: Method, seed: int) -> PolicySearchLearner:
+        """xMTF whose outer stage is searched by ES; its actor is wide enough to hold a linear
+        policy of the state (``write_linear_actor``)."""
+        cfg = self.config
+        tsh = method.tsh_config(cfg.tsh)
+        tsh = replace(tsh, hidden=max(tsh.hidden, 2 * self.state_dim))
+        agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
+        es = replace(cfg.es, personalise=cfg.es.personalise and tsh.use_state)
+        return PolicySearchLearner(agent, es, seed)
 
     def formula_fn(self, method: Method, log_weights: np.ndarray) -> ScoreFn:
         """A fixed-weight formula (raw or calibrated predictions, as the method asks)."""
@@ -306,8 +311,7 @@ class Runner:
         """xMTF with the outer stage searched by ES (trainer/policy_search.py) until each budget
         is spent; checkpoints are selected on validation users, as for the online learners."""
         cfg = self.config
-        learner = self.make_learner(method, seed)
-        assert isinstance(learner, PolicySearchLearner)
+        learner = self.make_es_learner(method, seed)
         start_requests = self.train_sim.requests_served
         # the policy's state standardisation, from states along neutral-policy sessions (counted)
         sampler = _StateRecorder(learner.score_fn(), keep=8192)
@@ -419,7 +423,7 @@ class Runner:
         return make, tsh.action_low, tsh.action_high, np.zeros(k)
 
 
-def _saturation(learner: Learner, states: np.ndarray) -> float | None:
+def _saturation(learner: object, states: np.ndarray) -> float | None:
     """Share of action dimensions within 1 % of the range of a bound (greedy actions)."""
     agent = getattr(learner, "agent", None)
     if isinstance(agent, TSHAgent):
