@@ -20,6 +20,12 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m trainer.demo
 
+## production-check: the production loop over 4 rounds on held-out world 102 (scorer -> Redis ->
+## consume -> CURRENT), evaluated on held-out users before and after (results/rounds/; ~15 min)
+.PHONY: production-check
+production-check: install
+	$(BIN)/python -m trainer.rounds --out results/rounds
+
 ## test: the test suite (starts its own throwaway redis-server instances)
 test: install
 	$(BIN)/python -m pytest -q

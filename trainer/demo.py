@@ -59,12 +59,20 @@ def reachable_redis(url: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def running_scorer(
-    model_dir: Path, redis_url: str, stream: str, env: dict[str, str] | None = None
+    model_dir: Path,
+    redis_url: str,
+    stream: str,
+    env: dict[str, str] | None = None,
+    exploration: float = 0.1,
 ) -> Iterator[str]:
     scorer = harness.ScorerProcess(
         model_dir,
         redis_url,
-        env={**(env or {}), "XMTF_POLL_INTERVAL_S": "0.5", "XMTF_EXPLORATION_SCALE": "0.1"},
+        env={
+            **(env or {}),
+            "XMTF_POLL_INTERVAL_S": "0.5",
+            "XMTF_EXPLORATION_SCALE": str(exploration),
+        },
         log_level="warning",
         args=["--events-stream", stream],
         stop_timeout=15.0,
