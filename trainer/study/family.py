@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trainer.study.figures import budget_curves, dose_response
 from trainer.study.report import LEARNERS, NOTES_FILE, render_tables
 
 #: How the dose-response table names each learner.
@@ -132,6 +133,8 @@ def render_paper(rows: list[dict[str, Any]], papers: list[Path], notes: str | No
         "full protocol). Protocol and worlds: `results/worlds.md`.",
         "",
         render(rows).split("\n", 2)[2].strip(),  # the dose-response table, without its title
+        "",
+        "![dose-response](figures/dose_response.png)",
     ]
     for folder in papers:
         report = json.loads((folder / "paper.json").read_text())
@@ -144,6 +147,8 @@ def render_paper(rows: list[dict[str, Any]], papers: list[Path], notes: str | No
             "evaluation users.",
             "",
             render_tables(report).replace("### ", "#### "),
+            "",
+            f"![learning curves](figures/budget_curves_{folder.name}.png)",
             "",
             f"**Verdict (d = {dose:g}):** {report.get('verdict', {}).get('text', '')}",
         ]
@@ -160,4 +165,11 @@ def run_family(papers: list[Path], headroom: Path | None, out: Path) -> dict[str
     notes = out / NOTES_FILE
     text = render_paper(rows, papers, notes.read_text() if notes.is_file() else None)
     (out / "paper.md").write_text(text)
-    return {"rows": len(rows), "verdict": verdict(rows), "paper": str(out / "paper.md")}
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    files = [dose_response(rows, figures / "dose_response.png")]
+    for folder in papers:
+        report = json.loads((folder / "paper.json").read_text())
+        files.append(budget_curves(report, figures / f"budget_curves_{folder.name}.png"))
+    return {"rows": len(rows), "verdict": verdict(rows), "paper": str(out / "paper.md"),
+            "figures": [str(f) for f in files]}  # fmt: skip

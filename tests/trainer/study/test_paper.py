@@ -221,4 +221,7 @@ def test_family_puts_the_contrast_next_to_the_headroom(tmp_path: Path, quick_run
     assert es["vs_no_state"]["other"] == "xmtf_es_no_state"
     md = (out / "dose-response.md").read_text()
     assert "| synthetic | 101 | 0 |" in md and "xMTF (ES outer stage)" in md
+    for name in ("dose_response.png", f"budget_curves_{src.name}.png"):
+        assert (out / "figures" / name).stat().st_size > 1000  # a rendered PNG
+        assert f"figures/{name}" in (out / "paper.md").read_text()
     assert cli.main(["family", "--papers", str(tmp_path / "none"), "--out", str(out)]) == 2
