@@ -64,6 +64,9 @@ def estimate_seconds(runner: Runner, methods: Sequence[Method]) -> dict[str, flo
             steps = budget / tc.n_users
             scoring = collect / tc.n_users  # per request, with the learner's own scoring
             evals = scoring * eval_requests * (n_evals + 1)
-            est = init + steps * collect + steps * tc.updates_per_step * learn + evals
+            updates = steps * tc.updates_per_step
+            if method.kind == "batchrl" and cfg.td3.offline_updates:
+                updates = cfg.td3.offline_updates
+            est = init + steps * collect + updates * learn + evals
         cache[signature] = per_key[method.key] = est
     return per_key

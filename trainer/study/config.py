@@ -99,6 +99,7 @@ class PaperConfig:
             budgets=(100, 250),
             cem=CEMConfig(iterations=100, population=4, sessions=4),
             es=PolicySearchConfig(pairs=2, sessions=4),
+            td3=TD3Config(offline_updates=20),
             trials=trials,
             log_every=2,
             quick=True,

@@ -293,7 +293,9 @@ class Runner:
         cfg, tc = self.config, self.config.train
         replay, agent = learner.replay, learner.agent
         agent.observe(replay.state[: len(replay)])  # normalise with the whole log's moments
-        n_updates = math.ceil(cfg.budgets[-1] / tc.n_users) * tc.updates_per_step
+        n_updates = cfg.td3.offline_updates or (
+            math.ceil(cfg.budgets[-1] / tc.n_users) * tc.updates_per_step
+        )
         every = max(1, cfg.log_every * tc.updates_per_step)
         curve: list[dict[str, float]] = []
         for u in range(n_updates):

@@ -192,3 +192,19 @@ def test_myopic_learner_labels_the_shown_items_with_their_watch_time() -> None:
         assert len(kept) == 8
     metrics = learner.learn()
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_batchrl_runs_its_configured_offline_updates() -> None:
+    """BatchRL-MTF trains for ``td3.offline_updates`` gradient steps on its fixed log, whatever
+    the log's size (the budget is the log; the updates spend no simulated requests)."""
+    from trainer.study.config import PaperConfig
+    from trainer.study.registry import METHOD_BY_KEY
+    from trainer.study.runner import Runner
+
+    config = PaperConfig.quick_config(trials=1)
+    config = dataclasses.replace(config, td3=TD3Config(offline_updates=30))
+    trial = Runner(config).run(METHOD_BY_KEY["batchrl1"], seed=0)
+    assert trial.curve[-1]["step"] == 30 / config.train.updates_per_step
+    assert trial.eval["requests"] >= config.budgets[-1]  # the log spent the budget
+    with pytest.raises(ValueError, match="offline_updates"):
+        TD3Config(offline_updates=-1)

@@ -44,6 +44,13 @@ class TD3Config:
     policy_delay: int = 2  # actor and target updates every `policy_delay` critic updates
     bc_alpha: float = 2.5  # TD3+BC trade-off (BatchRL only)
     behaviour_noise: float = 0.15  # behaviour policy noise std, fraction of the action range
+    # BatchRL-MTF's gradient updates on its fixed log (TD3+BC is usually run for 1e5-1e6);
+    # they spend no simulated requests, so the budget is the log's size. 0: one per logged step.
+    offline_updates: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.offline_updates < 0:
+            raise ValueError("offline_updates must be >= 0")
 
 
 class TD3Agent:
