@@ -88,18 +88,27 @@ class StudyMismatch(ValueError):
     """``merge`` asked for a study that is absent or was run with another configuration."""
 
 
-#: Config sections that only some kinds of method read: a study run before such a section
-#: existed, with none of those methods, merges with any value of it.
-SECTION_KINDS = {"es": ("es_xmtf",)}
+#: Config sections (or one field of a section) that only some kinds of method read: a study that
+#: ran none of those methods merges with any value of them (e.g. one run before they existed).
+READ_ONLY_BY: dict[tuple[str, str | None], tuple[str, ...]] = {
+    ("es", None): ("es_xmtf",),
+    ("td3", "offline_updates"): ("batchrl",),
+}
 
 
 def _comparable(config: dict[str, Any], prior: dict[str, Any] | None = None) -> dict[str, Any]:
-    out = {k: v for k, v in config.items() if k != "methods"}
-    if prior is not None:
-        kinds = {METHOD_BY_KEY[k].kind for k in prior["methods"] if k in METHOD_BY_KEY}
-        for section, readers in SECTION_KINDS.items():
-            if section not in prior["config"] and not kinds & set(readers):
-                out.pop(section, None)
+    """The config without its method list and without what the prior study's methods never
+    read (``prior``: the other study's whole report; default this config's own methods)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items() if k != "methods"}
+    keys = prior["methods"] if prior is not None else config.get("methods", [])
+    kinds = {METHOD_BY_KEY[k].kind for k in keys if k in METHOD_BY_KEY}
+    for (section, field), readers in READ_ONLY_BY.items():
+        if kinds & set(readers):
+            continue
+        if field is None:
+            out.pop(section, None)
+        elif isinstance(out.get(section), dict):
+            out[section].pop(field, None)
     return out
 
 
@@ -121,7 +130,7 @@ def _prior_study(config: PaperConfig, out: Path) -> dict[str, Any]:
     if not path.is_file():
         raise StudyMismatch(f"nothing to merge into: {path} does not exist")
     prior: dict[str, Any] = json.loads(path.read_text())
-    mine, theirs = _comparable(config.as_dict(), prior), _comparable(prior["config"])
+    mine, theirs = _comparable(config.as_dict(), prior), _comparable(prior["config"], prior)
     differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     if differ:
         raise StudyMismatch(
