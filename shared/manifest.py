@@ -80,6 +80,10 @@ class ExportChecks(BaseModel):
     monotonicity_violation_rate: float
     monotonicity_bound: float
     monotonicity_per_task: dict[str, float] = Field(default_factory=dict)
+    # share of probe requests tied at the top-10 boundary, and the export's bound (absent in
+    # versions exported before the tie audit existed)
+    tie_rate: float | None = None
+    tie_bound: float | None = None
 
 
 class Manifest(BaseModel):

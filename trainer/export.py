@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-5
 MONOTONICITY_BOUND = 0.01
+#: Most probe requests whose top-N boundary may tie (:func:`audit_ties`): a fresh or healthy
+#: fusion ties on none.
+TIE_BOUND = 0.02
 _PARITY_SIZES = (1, 7, 300)  # candidate counts checked; the graph is traced with N = 8
 
 
@@ -167,6 +170,35 @@ def audit_monotonicity(
     }
 
 
+def audit_ties(
+    agent: TSHAgent,
+    mfc_sess: ort.InferenceSession,
+    actor_sess: ort.InferenceSession,
+    n_requests: int = 128,
+    n_candidates: int = 50,
+    top_n: int = 10,
+    seed: int = 2,
+) -> float:
+    """Share of probe requests whose fused scores tie at the top-N boundary (the N-th and the
+    (N+1)-th candidate score exactly the same in float32, as served).
+
+    A fusion whose cells have saturated into 0/1 steps scores most candidates the same, and the
+    scorer then ranks them by their position in the request: the ranking is no longer the
+    model's. Measured on real sessions: a version served with 34 % of its requests tied at the
+    boundary lost a third of the watch time (results/rounds-w102-d1).
+    """
+    rng = np.random.default_rng(seed)
+    tied = 0
+    for state in _probe_states(agent, n_requests, rng):
+        preds = _random_predictions(agent, n_candidates, rng)
+        (q,) = mfc_sess.run(None, {"state": state[None, :], "predictions": preds})
+        (action,) = actor_sess.run(None, {"state": state[None, :]})
+        scores = (q * (1.0 + action[0][:, None] * q)).sum(axis=0, dtype=np.float32)
+        ranked = np.sort(scores)[::-1]
+        tied += int(ranked[top_n - 1] == ranked[top_n])
+    return tied / n_requests
+
+
 @dataclass(frozen=True)
 class ExportResult:
     version: str
@@ -242,7 +274,10 @@ def _write_version(
     mfc_sess, actor_sess = _session(out / onnx_io.MFC_FILE), _session(out / onnx_io.ACTOR_FILE)
     parity = check_parity(agent, mfc_sess, actor_sess)
     mono = audit_monotonicity(agent, mfc_sess)
+    ties = audit_ties(agent, mfc_sess, actor_sess)
     figures: dict[str, Any] = {
+        "tie_rate": ties,
+        "tie_bound": TIE_BOUND,
         "parity_max_abs_err": parity,
         "parity_tolerance": parity_tolerance,
         "monotonicity_violation_rate": mono["overall"],
@@ -258,6 +293,13 @@ def _write_version(
         raise ExportCheckError(
             f"monotonicity audit failed: violation rate {mono['overall']:.4f} > "
             f"{monotonicity_bound:g} (per task: {figures['monotonicity_per_task']})",
+            figures,
+        )
+    if not ties <= TIE_BOUND:
+        raise ExportCheckError(
+            f"tie audit failed: {ties:.1%} of probe requests tie at the top-10 boundary "
+            f"(> {TIE_BOUND:.0%}): the cells have saturated into steps and the ranking would be "
+            "the candidates' order, not the model's",
             figures,
         )
     files = (onnx_io.MFC_FILE, onnx_io.ACTOR_FILE, onnx_io.CHECKPOINT_FILE)

@@ -194,8 +194,10 @@ def test_monotone_by_construction_agent_exports(tmp_path: Path) -> None:
     cfg = TSHConfig(hidden=16, monotone_by_construction=True, neutral_fit_steps=0)
     a = TSHAgent(TASKS, D, cfg, seed=0)
     with torch.no_grad():
-        for p in a.mfc.parameters():
-            p.normal_(0.0, 2.0)
+        # random path weights (any sign: softplus makes them positive), not so large that
+        # the cells become steps (the tie audit refuses those)
+        for p in [a.mfc.w_pred, *a.mfc.weights]:
+            p.normal_(-1.0, 1.0)
     result = export_version(a, tmp_path, version="mono")
     assert result.manifest.checks.monotonicity_violation_rate == 0.0
 
@@ -225,6 +227,19 @@ def test_export_refuses_non_monotone_model(agent: TSHAgent, tmp_path: Path) -> N
     assert figures["monotonicity_violation_rate"] > figures["monotonicity_bound"]
     _assert_nothing_published(tmp_path, before, "v0001")
     assert not (tmp_path / "v0002").exists()
+
+
+def test_export_refuses_cells_saturated_into_steps(agent: TSHAgent, tmp_path: Path) -> None:
+    export_version(agent, tmp_path, version="v0001")
+    assert read_manifest(tmp_path / "v0001").checks.tie_rate == 0.0  # a healthy fusion
+    before = _listing(tmp_path)
+    steps = copy.deepcopy(agent)
+    with torch.no_grad():  # monotone still, but every cell is now a 0/1 step
+        steps.mfc.biases[-1].fill_(-60.0)
+    with pytest.raises(ExportCheckError, match="tie audit") as info:
+        export_version(steps, tmp_path, version="v0002")
+    assert info.value.figures["tie_rate"] > info.value.figures["tie_bound"]
+    _assert_nothing_published(tmp_path, before, "v0001")
 
 
 def test_export_refuses_decreasing_cell_for_negative_task(agent: TSHAgent, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from redis.exceptions import ResponseError
 
 from shared.events import DEFAULT_STREAM, EventDecodeError, RankEvent, decode
 from shared.manifest import read_current
-from trainer.export import ExportResult, export_version, load_agent
+from trainer.export import ExportCheckError, ExportResult, export_version, load_agent
 from trainer.replay import ReplayBuffer
 from trainer.stream.codec import Transition, decode_transition, encode_transition
 from trainer.stream.joiner import RewardConfig, SessionJoiner
@@ -97,6 +97,8 @@ class ConsumeStats:
     incomplete: int = 0
     updates: int = 0
     exports: list[str] = field(default_factory=list)
+    # exports the checks refused (trainer.export.ExportCheckError): CURRENT kept its version
+    refused_exports: list[str] = field(default_factory=list)
     last_metrics: dict[str, float] = field(default_factory=dict)
 
     restored: int = 0  # transitions reloaded from the replay stream at start
@@ -394,7 +396,7 @@ class StreamTrainer:
         if device.type != "cpu":  # ONNX export and its checks run on the CPU
             self.agent.to("cpu")
         try:
-            result = export_version(
+            result: ExportResult | None = export_version(
                 self.agent,
                 self.model_dir,
                 publish=self.config.canary_share is None,
@@ -410,9 +412,16 @@ class StreamTrainer:
                     "metrics": self.stats.last_metrics,
                 },
             )
+        except ExportCheckError as exc:
+            # the served version stays; training goes on, and the next export is checked anew
+            log.warning("export refused, %s keeps serving its version: %s", self.model_dir, exc)
+            self.stats.refused_exports.append(str(exc))
+            result = None
         finally:
             if device.type != "cpu":
                 self.agent.to(device)
+        if result is None:
+            return None
         self.stats.exports.append(result.version)
         if self.config.canary_share is not None:
             from trainer.experiment.commands import publish_canary

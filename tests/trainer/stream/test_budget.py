@@ -215,3 +215,30 @@ def test_stored_states_are_observed_even_when_no_update_runs(model_dir: Path) ->
     assert float(agent.norm.count) >= count + 12  # observed without any update
     learner.finish()
     assert learner.updates == 0
+
+
+def test_a_refused_export_keeps_current_and_is_reported(
+    model_dir: Path,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The export checks (parity, monotonicity, ties) refusing a version does not stop the
+    consumer: CURRENT keeps its version and the refusal is in the run's stats."""
+    from trainer.export import ExportCheckError
+    from trainer.stream import consume
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ExportCheckError("tie audit failed: 50.0% of probe requests tie", {})
+
+    monkeypatch.setattr(consume, "export_version", refuse)
+    current = (model_dir / "CURRENT").read_text()
+    client = redis.Redis.from_url(redis_server.url)
+    _log_sessions(client, n_sessions=6, steps=4)
+    argv = ["consume", "--model-dir", str(model_dir), "--redis-url", redis_server.url]
+    argv += ["--events-stream", STREAM, "--until-idle", "--min-replay", "4", "--max-updates", "3"]
+    assert cli.main([*argv, "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["updates"] == 3 and out["exports"] == []
+    assert out["refused_exports"] == ["tie audit failed: 50.0% of probe requests tie"]
+    assert (model_dir / "CURRENT").read_text() == current
