@@ -57,12 +57,17 @@ bench-sim: install
 ## then the dose-response table next to results/headroom.json (run `make headroom` first)
 PAPER_JOBS ?= 2
 PAPER_TRIALS ?= 10
+# the KuaiRand population study runs too when the real user features are there (not in a clone)
+PAPER_KUAIRAND_DIR ?= $(or $(XMTF_KUAIRAND_DIR),$(wildcard ../shared/data/kuairand-pure))
+COMMA := ,
 .PHONY: paper
 paper: install
 	$(BIN)/xmtf-train paper --out results/paper-d0 --dose 0 --trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS)
 	$(BIN)/xmtf-train paper --out results/paper-d1 --dose 1 --trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS)
-	$(BIN)/xmtf-train family --papers results/paper-d0,results/paper-d1 \
-		--headroom results/headroom.json --out results
+	$(if $(PAPER_KUAIRAND_DIR),$(BIN)/xmtf-train paper --out results/paper-kuairand-d0 --dose 0 \
+		--trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS) --data-dir $(PAPER_KUAIRAND_DIR))
+	$(BIN)/xmtf-train family --headroom results/headroom.json --out results \
+		--papers results/paper-d0,results/paper-d1$(if $(PAPER_KUAIRAND_DIR),$(COMMA)results/paper-kuairand-d0)
 
 ## rollout-stats: experiment statistics on the simulator (A/A false positives, guard false
 ## rollbacks, rollback delay of a bad arm, power; CUPED when the KuaiRand-Pure user features are
