@@ -103,7 +103,16 @@ def _phase(ph: Phase) -> dict[str, Any]:
 def _round_row(r: int, ph: Phase, trained: dict[str, Any], current: str) -> dict[str, Any]:
     return {"round": r, **_phase(ph), "transitions": trained.get("transitions"),
             "updates": trained.get("updates"), "exports": trained.get("exports"),
+            "refused_exports": trained.get("refused_exports", []),
             "current_after": current}  # fmt: skip
+
+
+def _published(r: dict[str, Any]) -> str:
+    if r.get("exports"):
+        return ", ".join(r["exports"])
+    if r.get("refused_exports"):
+        return "none: the export checks refused it (" + r["refused_exports"][-1][:60] + "…)"
+    return "none"
 
 
 def render(result: dict[str, Any]) -> str:
@@ -113,21 +122,22 @@ def render(result: dict[str, Any]) -> str:
         f"# Production loop over {len(result['rounds'])} rounds (world {w['seed']}, d = "
         f"{w['dose']:g}, publish {result['publish']})",
         "",
-        "| phase | sessions | watch time per session | s.e. | session length | served by |",
-        "|---|---:|---:|---:|---:|---|",
+        "| phase | sessions | watch time per session | s.e. | session length | served by "
+        "| consume then published |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     s = result["start"]
     lines.append(f"| evaluation, start (no exploration) | {s['sessions']} | "
                  f"{s['return_mean']:.1f} | {s['sem']:.1f} | {s['length_mean']:.2f} | "
-                 f"{', '.join(s['versions'])} |")  # fmt: skip
+                 f"{', '.join(s['versions'])} | |")  # fmt: skip
     for r in result["rounds"]:
         lines.append(f"| round {r['round']} (training users, exploring) | {r['sessions']} | "
                      f"{r['return_mean']:.1f} | {r['sem']:.1f} | {r['length_mean']:.2f} | "
-                     f"{', '.join(r['versions'])} |")  # fmt: skip
+                     f"{', '.join(r['versions'])} | {_published(r)} |")  # fmt: skip
     e = result["end"]
     lines.append(f"| evaluation, end (no exploration) | {e['sessions']} | "
                  f"{e['return_mean']:.1f} | {e['sem']:.1f} | {e['length_mean']:.2f} | "
-                 f"{', '.join(e['versions'])} |")  # fmt: skip
+                 f"{', '.join(e['versions'])} | |")  # fmt: skip
     d = result["end_minus_start"]
     lo, hi = d["ci95"]
     sign = "above" if lo > 0 else "below" if hi < 0 else "within noise of"
