@@ -289,7 +289,11 @@ def _print_summary(
         f"{stats['transitions']}, gradient updates {stats['updates']}, "
         f"dead letters {stats['dead_letters']}",
         f"consume + export took {consume_s:.1f}s; "
-        f"the scorer served the new version {swap_s:.1f}s later",
+        + (
+            f"the scorer served the new version {swap_s:.1f}s later"
+            if v1 != v0
+            else "no new version: " + "; ".join(stats.get("refused_exports", ["nothing exported"]))
+        ),
         f"change in watch time per session: {after.returns.mean() - before.returns.mean():+.1f}s "
         f"({(after.returns.mean() / before.returns.mean() - 1) * 100:+.1f}%), paired 95 % CI "
         f"[{change.lo:+.1f}, {change.hi:+.1f}] s (the same simulated users in both phases); "

@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-5
 MONOTONICITY_BOUND = 0.01
-#: Most probe requests whose top-N boundary may tie (:func:`audit_ties`): a fresh or healthy
-#: fusion ties on none.
-TIE_BOUND = 0.02
+#: Most probe requests whose top-N boundary may tie (:func:`audit_ties`): a fresh fusion ties
+#: on none; the collapsed versions of the d = 1 production rounds tied on 34-55 %; a first
+#: round of the demo ties on ~2 % without harm, so the bound sits between.
+TIE_BOUND = 0.10
 _PARITY_SIZES = (1, 7, 300)  # candidate counts checked; the graph is traced with N = 8
 
 
