@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -180,6 +181,20 @@ def _run(cmd: list[str]) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def init_model(model_dir: Path, sim: UserSimulator, seed: int) -> dict:
+    """``xmtf-train init``: a first, untrained version for ``sim``'s state and tasks."""
+    cmd = [str(BIN / "xmtf-train"), "init", "--model-dir", str(model_dir), "--state-dim",
+           str(sim.state_dim), "--tasks", ",".join(sim.tasks), "--seed", str(seed)]  # fmt: skip
+    return json.loads(_run(cmd))
+
+
+def consume_stream(model_dir: Path, redis_url: str, stream: str, publish: str = "current") -> dict:
+    """``xmtf-train consume --until-idle`` on ``stream``; its JSON stats."""
+    cmd = [str(BIN / "xmtf-train"), "consume", "--model-dir", str(model_dir), "--redis-url",
+           redis_url, "--events-stream", stream, "--until-idle", "--publish", publish]  # fmt: skip
+    return json.loads(_run(cmd))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xmtf-demo", description=__doc__)
     p.add_argument("--sessions", type=int, default=400, help="simulated sessions per phase")
@@ -188,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    import json
 
     t_start = time.perf_counter()
     shutil.rmtree(args.workdir, ignore_errors=True)
@@ -199,43 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     with reachable_redis(url) as redis_url:
         client = redis.Redis.from_url(redis_url)
         try:
-            init = json.loads(
-                _run(
-                    [
-                        str(BIN / "xmtf-train"),
-                        "init",
-                        "--model-dir",
-                        str(model_dir),
-                        "--state-dim",
-                        str(sim.state_dim),
-                        "--tasks",
-                        ",".join(sim.tasks),
-                        "--seed",
-                        str(args.seed),
-                    ]
-                )
-            )
+            init = init_model(model_dir, sim, args.seed)
             log.info("initial version %s", init["version"])
             with running_scorer(model_dir, redis_url, stream) as base:
                 before = drive_users(base, sim, args.sessions, seed=args.seed, tag="before")
                 log.info("phase 1: %d requests in %.1fs", before.requests, before.seconds)
                 time.sleep(0.5)  # let the scorer's logger flush
                 t0 = time.perf_counter()
-                stats = json.loads(
-                    _run(
-                        [
-                            str(BIN / "xmtf-train"),
-                            "consume",
-                            "--model-dir",
-                            str(model_dir),
-                            "--redis-url",
-                            redis_url,
-                            "--events-stream",
-                            stream,
-                            "--until-idle",
-                        ]
-                    )
-                )
+                stats = consume_stream(model_dir, redis_url, stream)
                 consume_s = time.perf_counter() - t0
                 # an export the checks refused leaves the initial version serving
                 new_version = (stats["exports"] or [init["version"]])[-1]

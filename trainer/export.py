@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from shared import onnx_io
+from shared.fusion import fused_scores
 from shared.manifest import (
     ExportChecks,
     Manifest,
@@ -194,8 +195,7 @@ def audit_ties(
         preds = _random_predictions(agent, n_candidates, rng)
         (q,) = mfc_sess.run(None, {"state": state[None, :], "predictions": preds})
         (action,) = actor_sess.run(None, {"state": state[None, :]})
-        scores = (q * (1.0 + action[0][:, None] * q)).sum(axis=0, dtype=np.float32)
-        ranked = np.sort(scores)[::-1]
+        ranked = np.sort(fused_scores(q, action[0]))[::-1]  # float32, as served
         tied += int(ranked[top_n - 1] == ranked[top_n])
     return tied / n_requests
 

@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 import redis
 
+from shared.manifest import read_current
 from trainer import stats
 from trainer.demo import (
-    BIN,
     Phase,
-    _run,
+    consume_stream,
     drive_users,
+    init_model,
     reachable_redis,
     running_scorer,
     wait_for_version,
@@ -45,24 +46,12 @@ log = logging.getLogger("xmtf-rounds")
 EVAL_SEED = 30_000  # the study's evaluation users (results/worlds.md)
 
 
-def _consume(model_dir: Path, redis_url: str, stream: str, publish: str) -> dict[str, Any]:
-    cmd = [str(BIN / "xmtf-train"), "consume", "--model-dir", str(model_dir), "--redis-url",
-           redis_url, "--events-stream", stream, "--until-idle", "--publish", publish]  # fmt: skip
-    return json.loads(_run(cmd))
-
-
-def _current(model_dir: Path) -> str:
-    return (model_dir / "CURRENT").read_text().strip()
-
-
 def run_rounds(args: argparse.Namespace, redis_url: str, client: redis.Redis) -> dict[str, Any]:
     """Start, ``args.rounds`` rounds of serve -> consume -> publish, end; the measurements."""
     model_dir = args.workdir / "models"
     world = SimConfig(seed=args.world_seed, heterogeneity=args.dose, max_steps=args.max_steps)
     train_sim, eval_sim = UserSimulator(world), UserSimulator(world)
-    init = json.loads(_run([str(BIN / "xmtf-train"), "init", "--model-dir", str(model_dir),
-                            "--state-dim", str(train_sim.state_dim), "--tasks",
-                            ",".join(train_sim.tasks), "--seed", str(args.seed)]))  # fmt: skip
+    init = init_model(model_dir, train_sim, args.seed)
     tag = secrets.token_hex(4)
     serve_stream, eval_stream = f"xmtf:rounds:{tag}", f"xmtf:rounds:{tag}:eval"
     streams = [serve_stream, eval_stream, f"{serve_stream}:dead", f"{serve_stream}:trained"]
@@ -74,10 +63,10 @@ def run_rounds(args: argparse.Namespace, redis_url: str, client: redis.Redis) ->
                 for r in range(args.rounds):
                     phase = drive_users(base, train_sim, args.sessions, args.seed + 1 + r, f"r{r}")
                     time.sleep(0.5)  # let the scorer's logger flush
-                    trained = _consume(model_dir, redis_url, serve_stream, args.publish)
-                    rounds.append(_round_row(r, phase, trained, _current(model_dir)))
+                    trained = consume_stream(model_dir, redis_url, serve_stream, args.publish)
+                    rounds.append(_round_row(r, phase, trained, read_current(model_dir)))
                     log.info("round %d: %s", r, rounds[-1])
-            wait_for_version(eval_base, _current(model_dir))
+            wait_for_version(eval_base, str(read_current(model_dir)))
             end = drive_users(eval_base, eval_sim, args.eval_sessions, EVAL_SEED, "eval1")
     finally:
         client.delete(*streams)
@@ -85,7 +74,7 @@ def run_rounds(args: argparse.Namespace, redis_url: str, client: redis.Redis) ->
     return {
         "world": {"seed": args.world_seed, "dose": args.dose, "max_steps": args.max_steps},
         "initial_version": init["version"],
-        "final_version": _current(model_dir),
+        "final_version": read_current(model_dir),
         "publish": args.publish,
         "rounds": rounds,
         "start": _phase(start),
@@ -100,7 +89,7 @@ def _phase(ph: Phase) -> dict[str, Any]:
             "length_mean": float(ph.lengths.mean()), "versions": sorted(ph.versions)}  # fmt: skip
 
 
-def _round_row(r: int, ph: Phase, trained: dict[str, Any], current: str) -> dict[str, Any]:
+def _round_row(r: int, ph: Phase, trained: dict[str, Any], current: str | None) -> dict[str, Any]:
     return {"round": r, **_phase(ph), "transitions": trained.get("transitions"),
             "updates": trained.get("updates"), "exports": trained.get("exports"),
             "refused_exports": trained.get("refused_exports", []),

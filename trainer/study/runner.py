@@ -241,16 +241,13 @@ class Runner:
             return recorder
 
         def at_budget(budget: int) -> None:
+            nonlocal recorder
             if selector is None:
                 rows.append(self._budget_row(budget, used(), score_fn()))
                 return
-            current = learner.snapshot()
-            decision = selector.finish(learner)  # the selected checkpoint, put in place
-            row = self._budget_row(budget, used(), score_fn())
-            row["selected_step"] = decision["selected_step"]
-            row["kept_start"] = decision["kept_start"]
+            row, sampled = self._selected_row(budget, used(), learner, selector, not pending)
             rows.append(row)
-            learner.restore(current)
+            recorder = sampled or recorder
 
         def on_step(step: int, res: Any, metrics: dict[str, float]) -> bool:
             if selector is not None and step % tc.select_every == 0:
@@ -304,6 +301,21 @@ class Runner:
                 curve.append({"step": (u + 1) / tc.updates_per_step, **metrics})
         return curve
 
+    def _selected_row(
+        self, budget: int, used: int, learner: Any, selector: Selector, record: bool
+    ) -> tuple[dict[str, Any], _StateRecorder | None]:
+        """The budget's evaluation of the checkpoint ``selector`` chose (the learner is put back
+        as it was afterwards); ``record``: also sample the states it sees, for the audits."""
+        current = learner.snapshot()
+        decision = selector.finish(learner)  # the selected checkpoint, put in place
+        fn = learner.score_fn()
+        recorder = _StateRecorder(fn) if record else None
+        row = self._budget_row(budget, used, recorder or fn)
+        row["selected_step"] = decision["selected_step"]
+        row["kept_start"] = decision["kept_start"]
+        learner.restore(current)
+        return row, recorder
+
     def _selector(self, sessions: int = 0) -> Selector:
         tc = self.config.train
         return Selector(UserSimulator(self.val_world), sessions or tc.val_sessions, tc.val_seed,
@@ -336,17 +348,10 @@ class Runner:
                 # the next iteration would leave no room to validate: look, then evaluate
                 look = selector.consider(it, learner)
                 curve.append({"step": float(it), **look})
-                current = learner.snapshot()
-                decision = selector.finish(learner)
-                fn = learner.score_fn()
-                if len(pending) == 1:
-                    recorder = _StateRecorder(fn)
-                    fn = recorder
-                row = self._budget_row(pending.pop(0), used(), fn)
-                row["selected_step"] = decision["selected_step"]
-                row["kept_start"] = decision["kept_start"]
+                budget = pending.pop(0)
+                row, sampled = self._selected_row(budget, used(), learner, selector, not pending)
                 rows.append(row)
-                learner.restore(current)
+                recorder = sampled or recorder
                 continue
             before = self.train_sim.requests_served
             users = CEM_USERS + 1000 * seed + it  # never the validation or evaluation users
