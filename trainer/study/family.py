@@ -24,8 +24,14 @@ def _contrast(verdict: dict[str, Any], key: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def dose_rows(papers: list[Path], headroom: Path | None) -> list[dict[str, Any]]:
-    """One row per study: its world, dose, budget and the contrasts, plus the headroom."""
+def _load(papers: list[Path]) -> dict[Path, dict[str, Any]]:
+    """Each study folder's ``paper.json``, read once."""
+    return {folder: json.loads((folder / "paper.json").read_text()) for folder in papers}
+
+
+def dose_rows(reports: dict[Path, dict[str, Any]], headroom: Path | None) -> list[dict[str, Any]]:
+    """One row per study and xMTF learner: its world, dose, budget and the contrasts, plus the
+    headroom."""
     room: dict[tuple[int, float], dict[str, Any]] = {}
     if headroom is not None and headroom.is_file():
         h = json.loads(headroom.read_text())
@@ -33,8 +39,7 @@ def dose_rows(papers: list[Path], headroom: Path | None) -> list[dict[str, Any]]
         for row in h["doses"]:
             room[(seed, float(row["dose"]))] = row
     rows = []
-    for folder in papers:
-        report = json.loads((folder / "paper.json").read_text())
+    for folder, report in reports.items():
         world, dose = int(report["meta"]["world_seed"]), float(report["config"].get("dose", 0.0))
         verdict = report.get("verdict", {})
         population = report["meta"].get("population", "synthetic")
@@ -124,7 +129,9 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + "."
 
 
-def render_paper(rows: list[dict[str, Any]], papers: list[Path], notes: str | None) -> str:
+def render_paper(
+    rows: list[dict[str, Any]], reports: dict[Path, dict[str, Any]], notes: str | None
+) -> str:
     """results/paper.md: the dose-response table and verdict, then every world's tables."""
     parts = [
         "# xMTF offline study across the world family",
@@ -136,8 +143,7 @@ def render_paper(rows: list[dict[str, Any]], papers: list[Path], notes: str | No
         "",
         "![dose-response](figures/dose_response.png)",
     ]
-    for folder in papers:
-        report = json.loads((folder / "paper.json").read_text())
+    for folder, report in reports.items():
         dose, world = report["config"].get("dose", 0.0), report["meta"]["world_seed"]
         parts += [
             "",
@@ -158,18 +164,18 @@ def render_paper(rows: list[dict[str, Any]], papers: list[Path], notes: str | No
 
 
 def run_family(papers: list[Path], headroom: Path | None, out: Path) -> dict[str, Any]:
-    rows = dose_rows(papers, headroom)
+    reports = _load(papers)
+    rows = dose_rows(reports, headroom)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dose-response.json").write_text(json.dumps(rows, indent=1))
     (out / "dose-response.md").write_text(render(rows))
     notes = out / NOTES_FILE
-    text = render_paper(rows, papers, notes.read_text() if notes.is_file() else None)
+    text = render_paper(rows, reports, notes.read_text() if notes.is_file() else None)
     (out / "paper.md").write_text(text)
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     files = [dose_response(rows, figures / "dose_response.png")]
-    for folder in papers:
-        report = json.loads((folder / "paper.json").read_text())
+    for folder, report in reports.items():
         files.append(budget_curves(report, figures / f"budget_curves_{folder.name}.png"))
     return {"rows": len(rows), "verdict": verdict(rows), "paper": str(out / "paper.md"),
             "figures": [str(f) for f in files]}  # fmt: skip
