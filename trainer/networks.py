@@ -149,6 +149,13 @@ def mlp(in_dim: int, hidden: int, out_dim: int, n_layers: int = 5) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+def neutral_preimage(low: float, high: float, neutral: float = 0.0) -> float:
+    """The pre-squash output whose :class:`Actor` action is ``neutral`` (clipped inside tanh's
+    range): the actor's initial bias."""
+    y = 2.0 * (neutral - low) / (high - low) - 1.0
+    return math.atanh(max(min(y, 0.999), -0.999))
+
+
 class Actor(nn.Module):
     """Deterministic policy ``a = mu(s)``: K outer-stage scalars inside [low, high]."""
 
@@ -174,8 +181,7 @@ class Actor(nn.Module):
         assert isinstance(last, nn.Linear)
         with torch.no_grad():
             last.weight.mul_(0.01)
-            y = 2.0 * (neutral - low) / (high - low) - 1.0
-            last.bias.fill_(math.atanh(max(min(y, 0.999), -0.999)))
+            last.bias.fill_(neutral_preimage(low, high, neutral))
 
     def forward(self, state_n: torch.Tensor) -> torch.Tensor:
         a = self.low + (self.high - self.low) * 0.5 * (torch.tanh(self.net(state_n)) + 1.0)

@@ -5,9 +5,9 @@ The actor-critic outer stage learns from one-step TD targets whose action effect
 action) sit below their noise at study budgets (issue 12). This outer stage instead searches the
 actor's parameters directly on *session returns*, the metric itself:
 
-* the policy is ``a(s) = squash(c + V s_n)`` with ``s_n`` the agent's normalised state, ``c`` (K)
-  and ``V`` (K x D); ``squash`` is the actor's own map onto [action_low, action_high], so
-  ``theta = 0`` is the neutral action and the untrained model;
+* the policy is ``a(s) = squash(c + V x)`` with ``x`` the state standardised by moments fixed
+  at the start, ``c`` (K) and ``V`` (K x D); ``squash`` is the actor's own map onto
+  [action_low, action_high], so ``theta = 0`` is the neutral action and the untrained model;
 * each iteration draws antithetic pairs ``theta +- sigma * eps``; both members of a pair and
   every pair of the iteration rank the *same* users (common random numbers), so a pair's
   difference carries the action's effect without the users' variance;
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from trainer.loop import AgentLearner, ScoreFn, policy_score_fn
-from trainer.networks import Actor
+from trainer.networks import Actor, neutral_preimage
 from trainer.sim import UserSimulator, evaluate
 from trainer.tsh import TSHAgent, to_tensor
 
@@ -59,11 +59,6 @@ class PolicySearchConfig:
 def squash(y: np.ndarray, low: float, high: float) -> np.ndarray:
     """The actor's output map: pre-squash ``y`` onto ``[low, high]`` (``Actor.forward``)."""
     return low + (high - low) * 0.5 * (np.tanh(y) + 1.0)
-
-
-def neutral_preimage(low: float, high: float, neutral: float = 0.0) -> float:
-    """The pre-squash value whose action is ``neutral`` (the actor's initial bias)."""
-    return float(np.arctanh(np.clip(2.0 * (neutral - low) / (high - low) - 1.0, -0.999, 0.999)))
 
 
 def linear_actions(
@@ -189,8 +184,9 @@ class EvolutionStrategy:
 class PolicySearchLearner(AgentLearner):
     """xMTF whose outer stage is searched by :class:`EvolutionStrategy` on session returns.
 
-    The agent's normaliser is frozen once :meth:`start` has seen a sample of states (a moving
-    normaliser would change what ``theta`` means between iterations).
+    The policy standardises the state with moments fixed once by :meth:`start` (moving ones
+    would change what ``theta`` means between iterations); the agent's own normaliser is never
+    updated, so the inner stage stays xMTF's as initialised.
     """
 
     def __init__(self, agent: TSHAgent, config: PolicySearchConfig, seed: int) -> None:
