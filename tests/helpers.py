@@ -1,4 +1,4 @@
-"""Small helpers shared by the in-process and the out-of-process scorer tests."""
+"""Small helpers shared by the tests (scorer in-process and out-of-process, experiments)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from shared.experiment import Experiment
 from shared.manifest import write_current
 
 
@@ -72,3 +73,12 @@ def publish(
     tmp.rename(final)
     write_current(model_dir, version)
     return final
+
+
+def two_arm_experiment(name: str = "e", **fields: Any) -> Experiment:
+    """A 50/50 experiment: control on version v1, treatment on v2 (``fields``: the rest)."""
+    arms = [
+        {"name": "control", "version": "v1", "share": 0.5},
+        {"name": "treatment", "version": "v2", "share": 0.5},
+    ]
+    return Experiment.model_validate({"name": name, "salt": "s", "arms": arms, **fields})

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.experiment import Experiment
+from tests.helpers import two_arm_experiment
 from trainer.experiment.cuped import ArmInput, covariate, cuped
 from trainer.experiment.report import analyse, markdown
 from trainer.experiment.sessions import ArmData
@@ -97,16 +97,7 @@ def test_covariate_is_watch_per_session_before() -> None:
 
 def test_report_with_cuped() -> None:
     rng = np.random.default_rng(3)
-    exp = Experiment.model_validate(
-        {
-            "name": "e",
-            "salt": "s",
-            "arms": [
-                {"name": "control", "version": "v1", "share": 0.5},
-                {"name": "treatment", "version": "v2", "share": 0.5},
-            ],
-        }
-    )
+    exp = two_arm_experiment()
     data = {}
     for name, lift in (("control", 0.0), ("treatment", 0.04)):
         a = _users(rng, 5000, 0.8, lift, sessions=True)

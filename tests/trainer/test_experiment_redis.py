@@ -23,6 +23,7 @@ from shared.events import FeedbackEvent, FeedbackItemEvent, RankEvent, SessionEn
 from shared.experiment import Experiment, read_experiment, write_experiment
 from shared.sharding import shard_of, shard_stream
 from tests.conftest import RedisServer
+from tests.helpers import two_arm_experiment
 from trainer.cli import main as train_main
 from trainer.experiment.cuped import ArmInput, covariate, cuped
 from trainer.experiment.sessions import collect
@@ -117,18 +118,7 @@ def _same(a: Any, b: Any) -> None:
 
 @pytest.fixture
 def experiment(tmp_path: Path) -> tuple[Path, Experiment]:
-    exp = Experiment.model_validate(
-        {
-            "name": "exp",
-            "salt": "s",
-            "started_at": T0,
-            "arms": [
-                {"name": "control", "version": "v1", "share": 0.5},
-                {"name": "treatment", "version": "v2", "share": 0.5},
-            ],
-            "guardrail": {"max_drop": 0.0, "min_sessions": 50},
-        }
-    )
+    exp = two_arm_experiment("exp", started_at=T0, guardrail={"max_drop": 0.0, "min_sessions": 50})
     write_experiment(tmp_path, exp)
     return tmp_path, exp
 

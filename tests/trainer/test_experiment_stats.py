@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shared.events import FeedbackEvent, FeedbackItemEvent, RankEvent, SessionEndEvent
-from shared.experiment import Experiment
+from tests.helpers import two_arm_experiment
 from tests.trainer.real_data import REAL_DIR, needs_real
 from trainer.experiment.report import analyse, markdown
 from trainer.experiment.sessions import collect
@@ -62,16 +62,7 @@ def _rank(rid: str, sid: str, user: str, arm: str, ts: float) -> RankEvent:
 
 
 def test_report_attributes_sessions_to_arms_at_user_level() -> None:
-    exp = Experiment.model_validate(
-        {
-            "name": "e",
-            "salt": "s",
-            "arms": [
-                {"name": "control", "version": "v1", "share": 0.5},
-                {"name": "treatment", "version": "v2", "share": 0.5},
-            ],
-        }
-    )
+    exp = two_arm_experiment()
     events: list[object] = []
     for i in range(40):
         arm = "control" if i % 2 else "treatment"
