@@ -23,11 +23,16 @@ def shard_of(user_id: str, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
+def shard_key(stream: str, shard: int) -> str:
+    """The key of shard stream ``shard``: ``<stream>:{shard}`` (a Redis Cluster hash tag)."""
+    return f"{stream}:{{{shard}}}"
+
+
 def shard_stream(stream: str, shard: int, shards: int) -> str:
     """The stream key of ``shard``: ``<stream>`` when ``shards`` is 1, else ``<stream>:{shard}``."""
     if not 0 <= shard < max(shards, 1):
         raise ValueError(f"shard {shard} out of range for {shards} shards")
-    return stream if shards <= 1 else f"{stream}:{{{shard}}}"
+    return stream if shards <= 1 else shard_key(stream, shard)
 
 
 def shard_streams(stream: str, shards: int) -> list[str]:

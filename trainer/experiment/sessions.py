@@ -33,7 +33,7 @@ import numpy as np
 
 from shared.events import EventDecodeError, FeedbackEvent, RankEvent, SessionEndEvent, decode
 from shared.experiment import DEFAULT_ARM
-from shared.sharding import shard_streams
+from shared.sharding import shard_key, shard_streams
 
 
 class StreamsError(ValueError):
@@ -76,13 +76,13 @@ class EventStreams:
     def check(self) -> None:
         """Refuse a shard count that misses streams: ``<stream>:{S}`` exists (the scorers write
         more shards than ``S``), or ``S`` is 1 and only shard streams exist."""
-        beyond = f"{self.stream}:{{{max(self.shards, 1)}}}"
+        beyond = shard_key(self.stream, max(self.shards, 1))
         if self.client.exists(beyond):
             raise StreamsError(
                 f"{beyond} exists: the scorers write more than {self.shards} event shard(s); "
                 "pass --event-shards S (XMTF_EVENT_SHARDS) as the scorers have it"
             )
-        first = f"{self.stream}:{{0}}"
+        first = shard_key(self.stream, 0)
         if self.shards <= 1 and not self.client.exists(self.stream) and self.client.exists(first):
             raise StreamsError(
                 f"{self.stream} does not exist but {first} does: the scorers write sharded "
