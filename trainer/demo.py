@@ -176,7 +176,8 @@ def wait_for_version(base: str, version: str, timeout: float = 30) -> float:
     raise SystemExit(f"the scorer did not pick up version {version} within {timeout} s")
 
 
-def _run(cmd: list[str]) -> str:
+def run_command(cmd: list[str]) -> str:
+    """Run an xmtf CLI command; the last line of its standard output (its JSON answer)."""
     done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     return done.stdout.strip().splitlines()[-1]
 
@@ -185,14 +186,14 @@ def init_model(model_dir: Path, sim: UserSimulator, seed: int) -> dict:
     """``xmtf-train init``: a first, untrained version for ``sim``'s state and tasks."""
     cmd = [str(BIN / "xmtf-train"), "init", "--model-dir", str(model_dir), "--state-dim",
            str(sim.state_dim), "--tasks", ",".join(sim.tasks), "--seed", str(seed)]  # fmt: skip
-    return json.loads(_run(cmd))
+    return json.loads(run_command(cmd))
 
 
 def consume_stream(model_dir: Path, redis_url: str, stream: str, publish: str = "current") -> dict:
     """``xmtf-train consume --until-idle`` on ``stream``; its JSON stats."""
     cmd = [str(BIN / "xmtf-train"), "consume", "--model-dir", str(model_dir), "--redis-url",
            redis_url, "--events-stream", stream, "--until-idle", "--publish", publish]  # fmt: skip
-    return json.loads(_run(cmd))
+    return json.loads(run_command(cmd))
 
 
 def main(argv: list[str] | None = None) -> int:

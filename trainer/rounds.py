@@ -6,8 +6,12 @@ consume`` -> a new version -> the scorer) improve the fusion over several rounds
 * an evaluation scorer without exploration ranks ``--eval-sessions`` evaluation users (their own
   seed, never trained on; their events go to a stream nobody consumes) with the initial version;
 * each round, a serving scorer with the default exploration drives ``--sessions`` new training
-  users, then ``consume --until-idle`` trains on what it logged and publishes a version
-  (``CURRENT`` by default, as the product does);
+  users, then ``consume --until-idle`` trains on what it logged and publishes a version:
+  ``--publish current`` switches ``CURRENT`` blindly; ``--publish canary:SHARE`` (the rollout
+  path, SPEC §13) starts each version as a canary arm against ``CURRENT``, and after the next
+  round's users ``experiment guard --promote`` rolls a losing canary back or makes a
+  significantly winning one ``CURRENT`` (an undecided canary is replaced by the next version);
+  the experiment is stopped before the final evaluation, which is served by ``CURRENT``;
 * the evaluation users are ranked again by the final version; the paired difference with its 95 %
   CI says whether the loop ended above or below its start, and every round's own sessions show
   the path.
@@ -32,11 +36,13 @@ import redis
 from shared.manifest import read_current
 from trainer import stats
 from trainer.demo import (
+    BIN,
     Phase,
     consume_stream,
     drive_users,
     init_model,
     reachable_redis,
+    run_command,
     running_scorer,
     wait_for_version,
 )
@@ -56,6 +62,7 @@ def run_rounds(args: argparse.Namespace, redis_url: str, client: redis.Redis) ->
     serve_stream, eval_stream = f"xmtf:rounds:{tag}", f"xmtf:rounds:{tag}:eval"
     streams = [serve_stream, eval_stream, f"{serve_stream}:dead", f"{serve_stream}:trained"]
     rounds: list[dict[str, Any]] = []
+    canary = args.publish.startswith("canary:")
     try:
         with running_scorer(model_dir, redis_url, eval_stream, exploration=0.0) as eval_base:
             start = drive_users(eval_base, eval_sim, args.eval_sessions, EVAL_SEED, "eval0")
@@ -63,9 +70,12 @@ def run_rounds(args: argparse.Namespace, redis_url: str, client: redis.Redis) ->
                 for r in range(args.rounds):
                     phase = drive_users(base, train_sim, args.sessions, args.seed + 1 + r, f"r{r}")
                     time.sleep(0.5)  # let the scorer's logger flush
+                    guard = _guard(model_dir, redis_url, serve_stream) if canary else None
                     trained = consume_stream(model_dir, redis_url, serve_stream, args.publish)
-                    rounds.append(_round_row(r, phase, trained, read_current(model_dir)))
+                    rounds.append(_round_row(r, phase, trained, read_current(model_dir), guard))
                     log.info("round %d: %s", r, rounds[-1])
+            if canary:  # the last canary never met users of a further round: stop it
+                _experiment(model_dir, "stop")
             wait_for_version(eval_base, str(read_current(model_dir)))
             end = drive_users(eval_base, eval_sim, args.eval_sessions, EVAL_SEED, "eval1")
     finally:
@@ -83,17 +93,47 @@ def run_rounds(args: argparse.Namespace, redis_url: str, client: redis.Redis) ->
     }
 
 
+def _experiment(model_dir: Path, command: str, *extra: str) -> dict[str, Any]:
+    """``xmtf-train experiment <command>`` on ``model_dir``; its JSON answer."""
+    cmd = [str(BIN / "xmtf-train"), "experiment", command, "--model-dir", str(model_dir), *extra]
+    answer: dict[str, Any] = json.loads(run_command(cmd))
+    return answer
+
+
+def _guard(model_dir: Path, redis_url: str, stream: str) -> dict[str, Any] | None:
+    """``experiment guard --promote`` on the running canary, if any: its decision."""
+    if not (model_dir / "EXPERIMENT.json").is_file():
+        return None
+    extra = ("--redis-url", redis_url, "--events-stream", stream, "--promote")
+    return _experiment(model_dir, "guard", *extra)
+
+
 def _phase(ph: Phase) -> dict[str, Any]:
     sem = float(ph.returns.std() / np.sqrt(len(ph.returns)))
     return {"sessions": len(ph.returns), "return_mean": float(ph.returns.mean()), "sem": sem,
             "length_mean": float(ph.lengths.mean()), "versions": sorted(ph.versions)}  # fmt: skip
 
 
-def _round_row(r: int, ph: Phase, trained: dict[str, Any], current: str | None) -> dict[str, Any]:
+def _round_row(
+    r: int, ph: Phase, trained: dict[str, Any], current: str | None, guard: dict[str, Any] | None
+) -> dict[str, Any]:
     return {"round": r, **_phase(ph), "transitions": trained.get("transitions"),
             "updates": trained.get("updates"), "exports": trained.get("exports"),
             "refused_exports": trained.get("refused_exports", []),
-            "current_after": current}  # fmt: skip
+            "guard": guard, "current_after": current}  # fmt: skip
+
+
+def _guarded(r: dict[str, Any]) -> str:
+    """The guard's look at the canary these users met, in words."""
+    g = r.get("guard")
+    if not g:
+        return "no canary"
+    arm = g.get("arms", {}).get("canary", {})
+    vs = arm.get("vs_control") or {}
+    rel = vs.get("relative")
+    if rel is None:
+        return str(g["decision"])
+    return f"{g['decision']} (canary {rel * 100:+.1f} % vs control)"
 
 
 def _published(r: dict[str, Any]) -> str:
@@ -112,27 +152,35 @@ def render(result: dict[str, Any]) -> str:
         f"{w['dose']:g}, publish {result['publish']})",
         "",
         "| phase | sessions | watch time per session | s.e. | session length | served by "
-        "| consume then published |",
-        "|---|---:|---:|---:|---:|---|---|",
+        "| guard on the canary these users met | consume then published |",
+        "|---|---:|---:|---:|---:|---|---|---|",
     ]
     s = result["start"]
     lines.append(f"| evaluation, start (no exploration) | {s['sessions']} | "
                  f"{s['return_mean']:.1f} | {s['sem']:.1f} | {s['length_mean']:.2f} | "
-                 f"{', '.join(s['versions'])} | |")  # fmt: skip
+                 f"{', '.join(s['versions'])} | | |")  # fmt: skip
     for r in result["rounds"]:
         lines.append(f"| round {r['round']} (training users, exploring) | {r['sessions']} | "
                      f"{r['return_mean']:.1f} | {r['sem']:.1f} | {r['length_mean']:.2f} | "
-                     f"{', '.join(r['versions'])} | {_published(r)} |")  # fmt: skip
+                     f"{', '.join(r['versions'])} | {_guarded(r)} | {_published(r)} |")  # fmt: skip
     e = result["end"]
     lines.append(f"| evaluation, end (no exploration) | {e['sessions']} | "
                  f"{e['return_mean']:.1f} | {e['sem']:.1f} | {e['length_mean']:.2f} | "
-                 f"{', '.join(e['versions'])} | |")  # fmt: skip
+                 f"{', '.join(e['versions'])} | | |")  # fmt: skip
     d = result["end_minus_start"]
     lo, hi = d["ci95"]
     sign = "above" if lo > 0 else "below" if hi < 0 else "within noise of"
     lines += ["", f"End − start on the same evaluation users: {d['mean']:+.1f} s per session, "
               f"95 % CI [{lo:.1f}, {hi:.1f}]: the loop ended {sign} its start."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _canary_share_ok(publish: str) -> bool:
+    head, _, share = publish.partition(":")
+    try:
+        return head == "canary" and 0.0 < float(share) < 1.0
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,13 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-seed", type=int, default=102, help="a held-out world of the family")
     p.add_argument("--dose", type=float, default=0.0)
     p.add_argument("--max-steps", type=int, default=80)
-    p.add_argument("--publish", default="current", help="consume's --publish (current)")
+    p.add_argument(
+        "--publish",
+        default="current",
+        help="consume's --publish: current (switch CURRENT) or canary:SHARE (guarded rollout)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workdir", type=Path, default=Path("rounds-run"))
     p.add_argument("--out", type=Path, default=None, help="write rounds.md and rounds.json here")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.sessions < 1 or args.eval_sessions < 2:
         p.error("--rounds and --sessions must be >= 1, --eval-sessions >= 2")
+    if args.publish != "current" and not _canary_share_ok(args.publish):
+        p.error(f"--publish must be current or canary:SHARE, 0 < SHARE < 1; got {args.publish!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     shutil.rmtree(args.workdir, ignore_errors=True)
