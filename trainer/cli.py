@@ -161,6 +161,12 @@ def _parser() -> argparse.ArgumentParser:
         help="add these --methods to the study already in <out>/paper.json (same config)",
     )
     p.add_argument(
+        "--add-seeds",
+        action="store_true",
+        help="with --merge: run only the seeds up to --trials that these methods lack, and "
+        "append them (grow a study in resumable parts)",
+    )
+    p.add_argument(
         "--render-only",
         action="store_true",
         help="only re-render <out>/paper.md from its paper.json and paper-notes.md",
@@ -428,6 +434,8 @@ def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
             raise CLIError(f"{args.out} has no paper.json to render")
         return {"out": str(args.out), "rendered": str(render_run(Path(args.out)))}
 
+    if args.add_seeds and not args.merge:
+        raise CLIError("--add-seeds grows an existing study: it needs --merge")
     trials = int(args.trials) if args.trials else None
     try:
         config = PaperConfig.quick_config(trials or 2) if args.quick else PaperConfig()
@@ -471,6 +479,7 @@ def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
             echo=lambda s: print(s, file=sys.stderr),
             jobs=int(args.jobs),
             merge=bool(args.merge),
+            add_seeds=bool(args.add_seeds),
         )
     except StudyMismatch as exc:
         raise CLIError(str(exc)) from exc

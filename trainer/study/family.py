@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.study.figures import budget_curves, dose_response
-from trainer.study.report import LEARNERS, NOTES_FILE, render_tables
+from trainer.study.report import LEARNERS, NOTES_FILE, render_tables, seed_counts
 
 #: How the dose-response table names each learner.
 LEARNER_LABELS = {"xmtf": "xMTF (actor-critic outer stage)", "xmtf_es": "xMTF (ES outer stage)"}
@@ -149,7 +149,7 @@ def render_paper(
             "",
             f"## World {world}, d = {dose:g} (`{folder}`)",
             "",
-            f"{report['config']['trials']} training seed(s), {report['meta']['eval_sessions']} "
+            f"{seed_counts(report)} training seed(s), {report['meta']['eval_sessions']} "
             "evaluation users.",
             "",
             render_tables(report).replace("### ", "#### "),

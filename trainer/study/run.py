@@ -63,6 +63,7 @@ def run_paper(
     echo: Callable[[str], None] = print,
     jobs: int = 1,
     merge: bool = False,
+    add_seeds: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate every method ``config.trials`` times; write paper.json/paper.md.
 
@@ -72,14 +73,21 @@ def run_paper(
 
     ``merge`` adds the methods run now to an existing ``out/paper.json`` of the same study (same
     configuration but for the method list, same plain-sum result), replacing their old entries:
-    one more method does not need the whole study again."""
+    one more method does not need the whole study again.
+
+    ``add_seeds`` (with ``merge``) grows a study in resumable parts: each method run now keeps
+    its trials in ``out/paper.json`` and runs only the seeds it lacks up to ``config.trials``
+    (a study of 3 seeds becomes one of 10 over several sessions); ``trials`` may differ from the
+    prior study's, nothing else may."""
     if jobs < 1:
         raise ValueError("jobs must be >= 1")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.torch_threads)
     try:
-        prior = _prior_study(config, out) if merge else None
-        return _run_paper(config, out, progress, echo, jobs, prior)
+        if add_seeds and not merge:
+            raise ValueError("add_seeds extends a study: it needs merge")
+        prior = _prior_study(config, out, ignore_trials=add_seeds) if merge else None
+        return _run_paper(config, out, progress, echo, jobs, prior, add_seeds)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -125,12 +133,15 @@ def _same_numbers(a: Any, b: Any, rtol: float = 1e-6) -> bool:
     return bool(a == b)
 
 
-def _prior_study(config: PaperConfig, out: Path) -> dict[str, Any]:
+def _prior_study(config: PaperConfig, out: Path, ignore_trials: bool = False) -> dict[str, Any]:
     path = out / "paper.json"
     if not path.is_file():
         raise StudyMismatch(f"nothing to merge into: {path} does not exist")
     prior: dict[str, Any] = json.loads(path.read_text())
     mine, theirs = _comparable(config.as_dict(), prior), _comparable(prior["config"], prior)
+    if ignore_trials:
+        mine.pop("trials", None)
+        theirs.pop("trials", None)
     differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     if differ:
         raise StudyMismatch(
@@ -146,6 +157,7 @@ def _run_paper(
     echo: Callable[[str], None],
     n_jobs: int,
     prior: dict[str, Any] | None = None,
+    add_seeds: bool = False,
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
     torch_threads = torch.get_num_threads()
@@ -161,16 +173,18 @@ def _run_paper(
     plain = runner.evaluate(plain_sum_score)
     if prior is not None and not _same_numbers(prior["plain_sum"], plain):
         raise StudyMismatch("the plain sum changed since the merged study: not the same world")
-    projected = sum(estimates.values()) * config.trials
+    kept = _kept_trials(prior, methods) if add_seeds else {}
+    jobs = [(m, s) for m in methods for s in range(len(kept.get(m.key, [])), config.trials)]
+    projected = sum(estimates[m.key] for m, _ in jobs)
     echo(
-        f"paper: {len(methods)} methods x {config.trials} seeds, {n_jobs} job(s); projected "
+        f"paper: {len(jobs)} runs of {len(methods)} methods (seeds up to {config.trials}), "
+        f"{n_jobs} job(s); projected "
         f"{projected / 60 / n_jobs:.1f} min (probe {probe_s:.1f} s; per seed: "
         + ", ".join(f"{k} {v:.0f}s" for k, v in estimates.items())
         + ")"
     )
 
     results: dict[str, Any] = {}
-    jobs = [(m, s) for m in methods for s in range(config.trials)]
 
     def checkpoint_of(method: Method, seed: int) -> Path | None:
         if seed != 0 or method.kind == "control":
@@ -192,24 +206,20 @@ def _run_paper(
         )
         bar.update()
     bar.close()
-    for method, seed in jobs:  # assemble in a fixed order, whatever order the runs finished in
+    for method in methods:  # assemble in a fixed order, whatever order the runs finished in
         first_ckpt = checkpoint_of(method, 0)  # seed 0's model is the one kept
-        entry = results.setdefault(
-            method.key,
-            {
-                "label": method.label,
-                "kind": method.kind,
-                "table": method.table,
-                "formula": method.formula,
-                "tsh_overrides": dict(method.tsh),
-                "projected_seconds_per_seed": estimates[method.key],
-                "checkpoint": str(first_ckpt.relative_to(out)) if first_ckpt else None,
-                "trials": [],
-            },
-        )
-        entry["trials"].append(trials[(method.key, seed)].as_dict())
-        entry["summary"] = summarise(entry["trials"])
-
+        earlier = kept.get(method.key, [])
+        results[method.key] = (prior["methods"][method.key] if earlier and prior else {}) | {
+            "label": method.label,
+            "kind": method.kind,
+            "table": method.table,
+            "formula": method.formula,
+            "tsh_overrides": dict(method.tsh),
+            "projected_seconds_per_seed": estimates[method.key],
+            "checkpoint": str(first_ckpt.relative_to(out)) if first_ckpt else None,
+            "trials": earlier + [trials[(m.key, s)].as_dict() for m, s in jobs if m is method],
+        }
+        results[method.key]["summary"] = summarise(results[method.key]["trials"])
     seconds = time.perf_counter() - t_start
     meta = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -236,6 +246,8 @@ def _run_paper(
         keys = [m.key for m in METHODS if m.key in merged]
         report = prior | {"methods": {k: merged[k] for k in keys}}
         report["config"] = config.as_dict() | prior["config"] | {"methods": keys}
+        if add_seeds:  # the study's seed target; methods not grown keep fewer (the seeds column)
+            report["config"]["trials"] = max(config.trials, int(prior["config"]["trials"]))
         report["meta"] = prior["meta"] | {
             "merged": [*prior["meta"].get("merged", []), {**meta, "methods": list(results)}]
         }
@@ -248,6 +260,19 @@ def _run_paper(
         f"wrote {out / 'paper.md'}"
     )
     return report
+
+
+def _kept_trials(prior: dict[str, Any] | None, methods: Sequence[Method]) -> dict[str, list]:
+    """The prior study's trials of ``methods``, checked to be seeds 0, 1, ... in order (the
+    paired comparisons pair seeds by position)."""
+    kept: dict[str, list] = {}
+    for method in methods:
+        earlier = (prior or {}).get("methods", {}).get(method.key, {}).get("trials", [])
+        seeds = [t.get("seed") for t in earlier]
+        if seeds != list(range(len(earlier))):
+            raise StudyMismatch(f"{method.key}: its trials are seeds {seeds}, not 0, 1, ...")
+        kept[method.key] = list(earlier)
+    return kept
 
 
 # ------------------------------------------------------------------------------ parallel runs

@@ -16,6 +16,7 @@ from trainer import cli, stats
 from trainer.loop import TSHLearner
 from trainer.study.config import PaperConfig
 from trainer.study.registry import DEFAULT_METHODS, METHODS
+from trainer.study.report import paired
 from trainer.study.runner import Runner, mfc_violation_rate
 from trainer.tsh import TSHAgent
 
@@ -200,6 +201,38 @@ def test_merge_adds_methods_to_an_existing_study(tmp_path: Path, capsys) -> None
     assert cli.main([*base[:3], "2", *base[4:], "--methods", "td3_1", "--merge"]) == 2
     assert "differs in trials" in capsys.readouterr().err
     assert cli.main([*base[:-3], "--out", str(tmp_path / "none"), "--merge"]) == 2
+
+
+def test_add_seeds_grows_a_study_in_resumable_parts(tmp_path: Path, capsys) -> None:
+    """``--merge --add-seeds --trials 2`` runs only seed 1 of the named methods and appends it:
+    the grown study equals one run with 2 seeds from the start, seed for seed."""
+    out, fresh = tmp_path / "grown", tmp_path / "fresh"
+    base = ["paper", "--quick", "--no-progress", "--methods"]
+    assert cli.main([*base, "cem1,xmtf_init", "--trials", "1", "--out", str(out)]) == 0
+    first = json.loads((out / "paper.json").read_text())
+    grow = [*base, "cem1", "--trials", "2", "--out", str(out), "--merge", "--add-seeds"]
+    assert cli.main(grow) == 0
+    assert "1 runs of 1 methods (seeds up to 2)" in capsys.readouterr().err
+    grown = json.loads((out / "paper.json").read_text())
+    assert cli.main([*base, "cem1", "--trials", "2", "--out", str(fresh)]) == 0
+    fresh_cem = json.loads((fresh / "paper.json").read_text())["methods"]["cem1"]["trials"]
+    cem = grown["methods"]["cem1"]["trials"]
+    assert [t["seed"] for t in cem] == [0, 1]
+    assert cem[0] == first["methods"]["cem1"]["trials"][0]  # kept, not re-run
+    for got, want in zip(cem, fresh_cem, strict=True):
+        assert got["budgets"][-1]["returns"] == want["budgets"][-1]["returns"]
+    assert grown["methods"]["xmtf_init"] == first["methods"]["xmtf_init"]  # not named: kept
+    assert grown["config"]["trials"] == 2
+    md = (out / "paper.md").read_text()
+    assert "1–2 training seed(s)" in md
+    assert re.search(r"\| CEM-1 \|.*\| 2 \|$", md, re.M)
+    # a paired difference uses the seeds both methods have (here seed 0)
+    diff = paired(grown, "cem1", "xmtf_init")
+    x = np.array(cem[0]["budgets"][-1]["returns"])
+    y = np.array(grown["methods"]["xmtf_init"]["trials"][0]["budgets"][-1]["returns"])
+    assert diff.mean == pytest.approx(float((x - y).mean()))
+    assert cli.main([*base, "cem1", "--trials", "2", "--out", str(out), "--add-seeds"]) == 2
+    assert "needs --merge" in capsys.readouterr().err
 
 
 def test_family_puts_the_contrast_next_to_the_headroom(tmp_path: Path, quick_run) -> None:
