@@ -21,6 +21,7 @@ from shared.tasks import DEFAULT_TASK_NAMES
 
 if TYPE_CHECKING:
     from shared.tasks import TaskSpec
+    from trainer.config import TSHConfig
 
 log = logging.getLogger("xmtf-train")
 
@@ -82,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="a .npy float array (n, K) of logged predictions: fits each task's input "
         "normalisation and range (default: every task in [0, 1], unnormalised)",
+    )
+    _add(
+        p,
+        "config",
+        None,
+        type=Path,
+        help="JSON with a tsh section: TSHConfig overrides for this model's learner (consume "
+        "trains every later version with them)",
     )
     _add(p, "seed", 0, type=int)
     _add(p, "threads", 1, type=_positive_int, help="torch intra-op threads (default 1)")
@@ -233,9 +242,25 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"--tasks/--directions: {exc}") from exc
     if args.predictions_sample is not None:
         tasks = _calibrated(tasks, Path(args.predictions_sample))
-    agent = TSHAgent(tasks, int(args.state_dim), seed=int(args.seed))
+    agent = TSHAgent(tasks, int(args.state_dim), _tsh_config(args.config), seed=int(args.seed))
     result = export_version(agent, args.model_dir, training={"source": "init"})
     return {"version": result.version, "path": str(result.path)}
+
+
+def _tsh_config(path: Path | None) -> TSHConfig | None:
+    """``init --config``: the ``tsh`` section of a JSON file as a TSHConfig (None: defaults)."""
+    from trainer.config import TSHConfig, from_dict, load_json
+
+    if path is None:
+        return None
+    try:
+        data = load_json(Path(path))
+        other = sorted(set(data) - {"tsh"})
+        if other:
+            raise ValueError(f"init reads only a tsh section, not {', '.join(other)}")
+        return from_dict(TSHConfig, data.get("tsh", {}))
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"--config: {exc}") from exc
 
 
 def _calibrated(tasks: tuple[TaskSpec, ...], path: Path) -> tuple[TaskSpec, ...]:

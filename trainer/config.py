@@ -13,6 +13,8 @@ T = TypeVar("T")
 
 #: The inner stage's transfer losses (``TSHConfig.transfer``).
 TRANSFERS = ("soft", "bpr", "distill")
+#: What the outer stage acts on when it labels the inner stage (``TSHConfig.transfer_anchor``).
+TRANSFER_ANCHORS = ("none", "version")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ class TSHConfig:
     # stop-grad q_k = q^I_k (1 + a_k q^I_k) (losses.distill_loss; fixed point at a = 0 too).
     transfer: str = "soft"
     transfer_temperature: float = 1.0
+    # What the outer stage acts on when it labels the inner stage. "none" (the paper's): the
+    # inner stage being trained, so every update moves it by one more application of
+    # q(1 + a q) and a persistent action integrates without bound (in production the cells
+    # saturated into 0/1 steps within one consume round, results/rounds-*). "version": a frozen
+    # copy of the cells as loaded or initialised (the version being served): the inner stage's
+    # target is one application of the outer stage to that version, a bounded trust region;
+    # at a = 0 the target is the served version itself (TSHAgent.refresh_anchor).
+    transfer_anchor: str = "none"
     # Weight of an L2 penalty on the outer-stage action in the actor loss (-Q + rho * mean a^2),
     # as OpenAI Baselines' DDPG/HER ``action_l2``; not in the paper (0 turns it off). Without it
     # the actor ran to a bound and stayed there (see results/paper.md). TSHAgent.update_actor.
@@ -74,6 +84,10 @@ class TSHConfig:
         if self.exploration_noise not in ("step", "session"):
             raise ValueError(
                 f"exploration_noise must be 'step' or 'session', got {self.exploration_noise!r}"
+            )
+        if self.transfer_anchor not in TRANSFER_ANCHORS:
+            raise ValueError(
+                f"transfer_anchor must be one of {TRANSFER_ANCHORS}, got {self.transfer_anchor!r}"
             )
         if not self.transfer_temperature > 0:
             raise ValueError("transfer_temperature must be > 0")

@@ -182,10 +182,13 @@ def run_command(cmd: list[str]) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def init_model(model_dir: Path, sim: UserSimulator, seed: int) -> dict:
-    """``xmtf-train init``: a first, untrained version for ``sim``'s state and tasks."""
+def init_model(model_dir: Path, sim: UserSimulator, seed: int, config: Path | None = None) -> dict:
+    """``xmtf-train init``: a first, untrained version for ``sim``'s state and tasks
+    (``config``: its ``--config``, the learner's TSHConfig overrides)."""
     cmd = [str(BIN / "xmtf-train"), "init", "--model-dir", str(model_dir), "--state-dim",
            str(sim.state_dim), "--tasks", ",".join(sim.tasks), "--seed", str(seed)]  # fmt: skip
+    if config is not None:
+        cmd += ["--config", str(config)]
     return json.loads(run_command(cmd))
 
 
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=400, help="simulated sessions per phase")
     p.add_argument("--workdir", type=Path, default=Path("demo-run"))
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--config", type=Path, default=None, help="init's --config (TSH overrides)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     with reachable_redis(url) as redis_url:
         client = redis.Redis.from_url(redis_url)
         try:
-            init = init_model(model_dir, sim, args.seed)
+            init = init_model(model_dir, sim, args.seed, args.config)
             log.info("initial version %s", init["version"])
             with running_scorer(model_dir, redis_url, stream) as base:
                 before = drive_users(base, sim, args.sessions, seed=args.seed, tag="before")

@@ -57,7 +57,7 @@ def run_rounds(args: argparse.Namespace, redis_url: str, client: redis.Redis) ->
     model_dir = args.workdir / "models"
     world = SimConfig(seed=args.world_seed, heterogeneity=args.dose, max_steps=args.max_steps)
     train_sim, eval_sim = UserSimulator(world), UserSimulator(world)
-    init = init_model(model_dir, train_sim, args.seed)
+    init = init_model(model_dir, train_sim, args.seed, args.config)
     tag = secrets.token_hex(4)
     serve_stream, eval_stream = f"xmtf:rounds:{tag}", f"xmtf:rounds:{tag}:eval"
     streams = [serve_stream, eval_stream, f"{serve_stream}:dead", f"{serve_stream}:trained"]
@@ -86,6 +86,7 @@ def run_rounds(args: argparse.Namespace, redis_url: str, client: redis.Redis) ->
         "initial_version": init["version"],
         "final_version": read_current(model_dir),
         "publish": args.publish,
+        "config": json.loads(args.config.read_text()) if args.config else None,
         "rounds": rounds,
         "start": _phase(start),
         "end": _phase(end),
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         help="consume's --publish: current (switch CURRENT) or canary:SHARE (guarded rollout)",
     )
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--config", type=Path, default=None, help="init's --config (TSH overrides)")
     p.add_argument("--workdir", type=Path, default=Path("rounds-run"))
     p.add_argument("--out", type=Path, default=None, help="write rounds.md and rounds.json here")
     args = p.parse_args(argv)

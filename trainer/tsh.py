@@ -75,8 +75,10 @@ class TSHAgent:
         self.inner_opt = torch.optim.Adam(self.mfc.parameters(), lr=cfg.inner_lr)
         self.updates = 0
         self._pair_rng = np.random.default_rng([seed, 1])  # cfg.pair_candidates only
+        self.mfc_anchor: MFCBank | None = None
         if fit_neutral and cfg.use_inner:
             self.fit_neutral()
+        self.refresh_anchor()
 
     @property
     def directions(self) -> torch.Tensor:
@@ -91,7 +93,17 @@ class TSHAgent:
         parameters. Acting and scoring still take and return numpy arrays."""
         for module in self._modules().values():
             module.to(device)
+        if self.mfc_anchor is not None:
+            self.mfc_anchor.to(device)
         return self
+
+    def refresh_anchor(self) -> None:
+        """With ``transfer_anchor="version"``, freeze a copy of the cells as they are now: the
+        outer stage labels the inner one by acting on this copy until the next refresh (at
+        construction and :meth:`load`, i.e. once per served version in ``consume``)."""
+        if self.config.transfer_anchor != "version":
+            return
+        self.mfc_anchor = copy.deepcopy(self.mfc).requires_grad_(False)
 
     # ------------------------------------------------------------------ initialisation
 
@@ -216,7 +228,10 @@ class TSHAgent:
         preds, mask = self._inner_candidates(batch, n)
         q_inner = self.mfc.forward_task_major(s, preds)
         with torch.no_grad():
-            q_outer = losses.outer_stage(q_inner, self.actor(s))
+            acted_on = (
+                q_inner if self.mfc_anchor is None else self.mfc_anchor.forward_task_major(s, preds)
+            )
+            q_outer = losses.outer_stage(acted_on, self.actor(s))
         z_outer, z_inner = losses.fused_score(q_outer), losses.fused_score(q_inner)
         if self.config.transfer == "soft":
             transfer = losses.soft_transfer_loss(
@@ -342,4 +357,5 @@ class TSHAgent:
                 {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             )
         agent.updates = int(meta.get("updates", 0))
+        agent.refresh_anchor()
         return agent

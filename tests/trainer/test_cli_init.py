@@ -47,3 +47,28 @@ def test_init_rejects_a_bad_sample_by_name(tmp_path: Path, capsys, content, mess
     err = capsys.readouterr().err
     assert "--predictions-sample" in err and message in err
     assert not (tmp_path / "models" / "CURRENT").exists()
+
+
+def test_init_config_sets_the_learner_that_consume_continues(tmp_path: Path) -> None:
+    from trainer.export import load_agent
+
+    (tmp_path / "c.json").write_text(json.dumps({"tsh": {"transfer_anchor": "version"}}))
+    assert _init(tmp_path, "--config", str(tmp_path / "c.json")) == 0
+    version = (tmp_path / "models" / "CURRENT").read_text().strip()
+    agent = load_agent(tmp_path / "models" / version)  # what consume starts from
+    assert agent.config.transfer_anchor == "version" and agent.mfc_anchor is not None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"tsh": {"transfer_anchr": "version"}}, "transfer_anchr"),
+        ({"tsh": {"transfer_anchor": "served"}}, "transfer_anchor must be one of"),
+        ({"train": {}}, "only a tsh section"),
+    ],
+)
+def test_init_config_rejects_bad_keys_by_name(tmp_path: Path, capsys, content, message) -> None:
+    (tmp_path / "c.json").write_text(json.dumps(content))
+    assert _init(tmp_path, "--config", str(tmp_path / "c.json")) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "models" / "CURRENT").exists()

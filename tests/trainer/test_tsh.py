@@ -317,3 +317,77 @@ def test_action_l2_pulls_the_actor_back_from_a_bound() -> None:
 def test_action_l2_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="action_l2"):
         TSHConfig(action_l2=-1.0)
+
+
+# ----------------------------------------------------------------------------- transfer anchor
+
+ANCHORED = TSHConfig(hidden=32, batch_size=64, inner_batch_size=16, transfer_anchor="version")
+
+
+def _constant_actor(agent: TSHAgent, value: float) -> None:
+    """Replace the actor by one that always answers ``value`` (the inner stage's label only)."""
+    k = len(agent.tasks)
+    agent.actor = lambda s: torch.full((s.shape[0], k), value)  # type: ignore[assignment]
+
+
+def _saturated_share(agent: TSHAgent, batch: Batch) -> float:
+    """Share of the real candidates' cell outputs within 0.02 of 0 or 1 (a step, not a ramp)."""
+    s = agent._state(torch.as_tensor(batch.state))
+    with torch.no_grad():
+        q = agent.mfc.forward_task_major(s, torch.as_tensor(batch.predictions))
+    q = q[torch.as_tensor(batch.mask)[:, None, :].expand_as(q)]
+    return float(((q < 0.02) | (q > 0.98)).float().mean())
+
+
+def test_transfer_anchor_is_a_frozen_copy_of_the_served_cells(tmp_path: Path) -> None:
+    assert _fresh().mfc_anchor is None  # the paper's form: no anchor
+    agent = _fresh(ANCHORED)
+    assert agent.mfc_anchor is not None
+    start = copy.deepcopy(agent.mfc.state_dict())
+    for _ in range(3):
+        agent.update_inner(_batch())
+    for key, value in agent.mfc_anchor.state_dict().items():
+        assert torch.equal(value, start[key]), key  # training does not move the anchor
+    assert not any(p.requires_grad for p in agent.mfc_anchor.parameters())
+    assert any(not torch.equal(v, start[k]) for k, v in agent.mfc.state_dict().items())
+    agent.save(tmp_path / "a.safetensors")
+    loaded = TSHAgent.load(tmp_path / "a.safetensors")  # a new version: the anchor follows
+    assert loaded.mfc_anchor is not None
+    for key, value in loaded.mfc_anchor.state_dict().items():
+        assert torch.equal(value, agent.mfc.state_dict()[key]), key
+
+
+def test_anchored_transfer_has_its_fixed_point_at_zero_action() -> None:
+    """a = 0 and cells equal to the anchor: the label is the cells' own score differences, the
+    transfer's gradient is exactly 0 and (lam = 0) the cells do not move."""
+    agent = _fresh(TSHConfig(hidden=32, inner_batch_size=16, transfer_anchor="version", lam=0.0))
+    _constant_actor(agent, 0.0)
+    start = copy.deepcopy(agent.mfc.state_dict())
+    metrics = agent.update_inner(_batch())
+    assert metrics["transfer_loss"] == pytest.approx(0.0, abs=1e-7)
+    for key, value in agent.mfc.state_dict().items():
+        assert torch.equal(value, start[key]), key
+
+
+def test_anchored_transfer_does_not_compound_a_constant_action() -> None:
+    """With a persistent a > 0 the unanchored inner stage absorbs q(1 + a q) again at every
+    update and its cells end as 0/1 steps (the production collapse); anchored, the target is
+    one application of the outer stage to the served cells, and most outputs stay ramps."""
+    batch = _batch(n=12, seed=4)
+    saturated = {}
+    for anchor in ("none", "version"):
+        cfg = TSHConfig(hidden=32, inner_batch_size=64, inner_lr=1e-2, lam=0.0,
+                        transfer_anchor=anchor)  # fmt: skip
+        agent = TSHAgent(TASKS, D, cfg, seed=1, fit_neutral=True)
+        assert _saturated_share(agent, batch) == 0.0
+        _constant_actor(agent, 0.5)
+        for _ in range(400):
+            agent.update_inner(batch)
+        saturated[anchor] = _saturated_share(agent, batch)
+    assert saturated["none"] > 0.9
+    assert saturated["version"] < 0.5
+
+
+def test_transfer_anchor_must_be_known() -> None:
+    with pytest.raises(ValueError, match="transfer_anchor"):
+        TSHConfig(transfer_anchor="served")
