@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import redis
 
@@ -76,6 +77,7 @@ def run_rounds(args: argparse.Namespace, redis_url: str, client: redis.Redis) ->
                     log.info("round %d: %s", r, rounds[-1])
             if canary:  # the last canary never met users of a further round: stop it
                 _experiment(model_dir, "stop")
+                _wait_until_no_experiment(eval_base)
             wait_for_version(eval_base, str(read_current(model_dir)))
             end = drive_users(eval_base, eval_sim, args.eval_sessions, EVAL_SEED, "eval1")
     finally:
@@ -99,6 +101,16 @@ def _experiment(model_dir: Path, command: str, *extra: str) -> dict[str, Any]:
     cmd = [str(BIN / "xmtf-train"), "experiment", command, "--model-dir", str(model_dir), *extra]
     answer: dict[str, Any] = json.loads(run_command(cmd))
     return answer
+
+
+def _wait_until_no_experiment(base: str, timeout: float = 30) -> None:
+    """Until the scorer at ``base`` serves every request by CURRENT (it polls EXPERIMENT.json)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if not httpx.get(f"{base}/v1/experiment", timeout=2).json().get("running"):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"the scorer still runs an experiment {timeout} s after it was stopped")
 
 
 def _guard(model_dir: Path, redis_url: str, stream: str) -> dict[str, Any] | None:

@@ -120,6 +120,19 @@ def _comparable(config: dict[str, Any], prior: dict[str, Any] | None = None) -> 
     return out
 
 
+def _drop_fields_added_since(mine: dict[str, Any], theirs: dict[str, Any]) -> None:
+    """Drop from ``mine`` each config field the prior study's config lacks while ``mine`` holds
+    its default: an option added since, whose default is the behaviour the prior study ran
+    (new options keep the old behaviour by default), so it is the same study."""
+    defaults = PaperConfig().as_dict()
+    for section, fields in mine.items():
+        if not (isinstance(fields, dict) and isinstance(theirs.get(section), dict)):
+            continue
+        for name in [f for f in fields if f not in theirs[section]]:
+            if name in defaults.get(section, {}) and fields[name] == defaults[section][name]:
+                del fields[name]
+
+
 def _same_numbers(a: Any, b: Any, rtol: float = 1e-6) -> bool:
     """Equal up to ``rtol`` on floats: numpy's SIMD kernels round the last bit differently on
     different CPUs, so a study merged on another machine sees the same world to ~1e-7."""
@@ -142,6 +155,7 @@ def _prior_study(config: PaperConfig, out: Path, ignore_trials: bool = False) ->
     if ignore_trials:
         mine.pop("trials", None)
         theirs.pop("trials", None)
+    _drop_fields_added_since(mine, theirs)
     differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     if differ:
         raise StudyMismatch(

@@ -203,6 +203,22 @@ def test_merge_adds_methods_to_an_existing_study(tmp_path: Path, capsys) -> None
     assert cli.main([*base[:-3], "--out", str(tmp_path / "none"), "--merge"]) == 2
 
 
+def test_merge_accepts_a_study_run_before_an_option_existed(tmp_path: Path, capsys) -> None:
+    """A config field the prior study lacks merges when this run keeps its default (the old
+    behaviour), and is a different study when this run changes it."""
+    out = tmp_path / "study"
+    base = ["paper", "--quick", "--trials", "1", "--out", str(out), "--no-progress"]
+    assert cli.main([*base, "--methods", "xmtf_init"]) == 0
+    prior = json.loads((out / "paper.json").read_text())
+    del prior["config"]["tsh"]["transfer_anchor"]  # as written before the option existed
+    (out / "paper.json").write_text(json.dumps(prior))
+    assert cli.main([*base, "--methods", "cem1", "--merge"]) == 0
+    (tmp_path / "c.json").write_text(json.dumps({"tsh": {"transfer_anchor": "version"}}))
+    changed = [*base, "--methods", "td3_1", "--merge", "--config", str(tmp_path / "c.json")]
+    assert cli.main(changed) == 2
+    assert "differs in tsh" in capsys.readouterr().err
+
+
 def test_add_seeds_grows_a_study_in_resumable_parts(tmp_path: Path, capsys) -> None:
     """``--merge --add-seeds --trials 2`` runs only seed 1 of the named methods and appends it:
     the grown study equals one run with 2 seeds from the start, seed for seed."""
