@@ -120,17 +120,22 @@ def _comparable(config: dict[str, Any], prior: dict[str, Any] | None = None) -> 
     return out
 
 
+#: Config fields added after studies were committed, with the value that reproduces what a
+#: study written before the field existed ran: such a study merges with a run that has it.
+ADDED_FIELDS: dict[tuple[str, str], Any] = {
+    ("tsh", "transfer_anchor"): "none",
+}
+
+
 def _drop_fields_added_since(mine: dict[str, Any], theirs: dict[str, Any]) -> None:
-    """Drop from ``mine`` each config field the prior study's config lacks while ``mine`` holds
-    its default: an option added since, whose default is the behaviour the prior study ran
-    (new options keep the old behaviour by default), so it is the same study."""
-    defaults = PaperConfig().as_dict()
-    for section, fields in mine.items():
-        if not (isinstance(fields, dict) and isinstance(theirs.get(section), dict)):
+    """Drop from ``mine`` each field of :data:`ADDED_FIELDS` the prior study's config lacks
+    while ``mine`` holds the value that study ran with: then it is the same study."""
+    for (section, name), old in ADDED_FIELDS.items():
+        here, there = mine.get(section), theirs.get(section)
+        if not (isinstance(here, dict) and isinstance(there, dict)) or name in there:
             continue
-        for name in [f for f in fields if f not in theirs[section]]:
-            if name in defaults.get(section, {}) and fields[name] == defaults[section][name]:
-                del fields[name]
+        if here.get(name) == old:
+            here.pop(name, None)
 
 
 def _same_numbers(a: Any, b: Any, rtol: float = 1e-6) -> bool:
