@@ -85,6 +85,13 @@ METHODS: tuple[Method, ...] = (
         table=5,
         tsh=(("transfer", "bpr"),),
     ),
+    Method(
+        "xmtf_anchor",
+        "xMTF with the transfer anchored at the served cells (transfer_anchor = version)",
+        "tsh",
+        table=5,
+        tsh=(("transfer_anchor", "version"),),
+    ),
 )
 METHOD_BY_KEY = {m.key: m for m in METHODS}
 #: Formula-based methods: xMTF must beat the best of these to support the paper's claim.
