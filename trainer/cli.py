@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from shared.events import DEFAULT_STREAM
 from shared.tasks import DEFAULT_TASK_NAMES
+from trainer.cli_args import (
+    CLIError,
+    add_option,
+    env_default,
+    non_negative_int,
+    positive_int,
+    seconds_arg,
+)
+from trainer.study.commands import STUDY_COMMANDS, add_study_parsers
 
 if TYPE_CHECKING:
     from shared.tasks import TaskSpec
@@ -26,42 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("xmtf-train")
 
 
-class CLIError(Exception):
-    """A one-line, user-facing failure."""
-
-
-def _env(option: str, default: Any = None) -> Any:
-    return os.environ.get("XMTF_" + option.upper().replace("-", "_"), default)
-
-
-def _add(p: argparse.ArgumentParser, option: str, default: Any = None, **kw: Any) -> None:
-    p.add_argument(f"--{option}", default=_env(option, default), **kw)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
-    return value
-
-
 def _add_runtime(p: argparse.ArgumentParser) -> None:
-    _add(p, "device", "cpu", help="auto | cpu | cuda | cuda:N (auto: cuda when torch sees one)")
-    _add(p, "threads", 1, type=_positive_int, help="torch intra-op threads (default 1)")
+    add_option(
+        p, "device", "cpu", help="auto | cpu | cuda | cuda:N (auto: cuda when torch sees one)"
+    )
+    add_option(p, "threads", 1, type=positive_int, help="torch intra-op threads (default 1)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,11 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="publish a first, untrained (neutral) model version")
-    _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
-    _add(p, "state-dim", required=_env("state-dim") is None, type=_positive_int)
-    _add(p, "tasks", ",".join(DEFAULT_TASK_NAMES), help="comma-separated task names")
-    _add(p, "directions", None, help="comma-separated 1/-1 per task (default all 1)")
-    _add(
+    add_option(p, "model-dir", required=env_default("model-dir") is None, type=Path)
+    add_option(p, "state-dim", required=env_default("state-dim") is None, type=positive_int)
+    add_option(p, "tasks", ",".join(DEFAULT_TASK_NAMES), help="comma-separated task names")
+    add_option(p, "directions", None, help="comma-separated 1/-1 per task (default all 1)")
+    add_option(
         p,
         "predictions-sample",
         None,
@@ -84,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a .npy float array (n, K) of logged predictions: fits each task's input "
         "normalisation and range (default: every task in [0, 1], unnormalised)",
     )
-    _add(
+    add_option(
         p,
         "config",
         None,
@@ -92,53 +69,61 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON with a tsh section: TSHConfig overrides for this model's learner (consume "
         "trains every later version with them)",
     )
-    _add(p, "seed", 0, type=int)
-    _add(p, "threads", 1, type=_positive_int, help="torch intra-op threads (default 1)")
+    add_option(p, "seed", 0, type=int)
+    add_option(p, "threads", 1, type=positive_int, help="torch intra-op threads (default 1)")
 
     p = sub.add_parser("consume", help="train on the sessions logged in Redis and publish versions")
-    _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
-    _add(p, "redis-url", "redis://127.0.0.1:6379/0")
-    _add(p, "events-stream", DEFAULT_STREAM)
+    add_option(p, "model-dir", required=env_default("model-dir") is None, type=Path)
+    add_option(p, "redis-url", "redis://127.0.0.1:6379/0")
+    add_option(p, "events-stream", DEFAULT_STREAM)
     p.add_argument(
         "--redis-cluster",
         action="store_true",
-        default=str(_env("redis-cluster", "false")).lower() in ("1", "true", "yes"),
+        default=str(env_default("redis-cluster", "false")).lower() in ("1", "true", "yes"),
         help="the Redis URL is a seed node of a Redis Cluster (SPEC §14)",
     )
-    _add(p, "event-shards", 1, type=_positive_int, help="event streams <stream>:{0..S-1}")
-    _add(p, "shards", "all", help="the shards this job consumes: all, 3, 0-3, 0,2 (default all)")
-    _add(p, "group", "xmtf-trainer")
-    _add(p, "consumer", "trainer-1")
+    add_option(p, "event-shards", 1, type=positive_int, help="event streams <stream>:{0..S-1}")
+    add_option(
+        p, "shards", "all", help="the shards this job consumes: all, 3, 0-3, 0,2 (default all)"
+    )
+    add_option(p, "group", "xmtf-trainer")
+    add_option(p, "consumer", "trainer-1")
     p.add_argument("--until-idle", action="store_true", help="stop once the stream is drained")
-    _add(p, "max-events", None, type=_positive_int)
-    _add(
+    add_option(p, "max-events", None, type=positive_int)
+    add_option(
         p,
         "export-every",
         0,
-        type=_non_negative_int,
+        type=non_negative_int,
         help="publish a version every N transitions (0: at the end)",
     )
-    _add(p, "export-every-updates", 0, type=_non_negative_int, help="... every N updates (0: off)")
-    _add(
+    add_option(
+        p, "export-every-updates", 0, type=non_negative_int, help="... every N updates (0: off)"
+    )
+    add_option(
         p,
         "export-every-seconds",
         0.0,
-        type=_seconds,
+        type=seconds_arg,
         help="... every S seconds that saw updates (0: off)",
     )
-    _add(p, "updates-per-transition", 0.25, type=float, help="update credit per new transition")
-    _add(p, "max-updates", None, type=_non_negative_int, help="at most N updates in this run")
-    _add(
+    add_option(
+        p, "updates-per-transition", 0.25, type=float, help="update credit per new transition"
+    )
+    add_option(p, "max-updates", None, type=non_negative_int, help="at most N updates in this run")
+    add_option(
         p,
         "time-budget",
         None,
-        type=_seconds,
+        type=seconds_arg,
         help="finish (final export included) within S seconds of start; ingest stops early "
         "if it must, what it did not read stays in the stream",
     )
-    _add(p, "min-replay", 256, type=_positive_int, help="transitions stored before training starts")
-    _add(p, "read-count", 2000, type=_positive_int, help="stream entries per read")
-    _add(
+    add_option(
+        p, "min-replay", 256, type=positive_int, help="transitions stored before training starts"
+    )
+    add_option(p, "read-count", 2000, type=positive_int, help="stream entries per read")
+    add_option(
         p,
         "publish",
         "current",
@@ -148,65 +133,19 @@ def _parser() -> argparse.ArgumentParser:
     _add_runtime(p)
 
     p = sub.add_parser("simulate", help="train with TSH against the user simulator")
-    _add(p, "config", None, type=Path, help="JSON file with sections sim, tsh, train")
-    _add(p, "out", "results/simulate", type=Path)
-    _add(p, "publish-to", None, type=Path, help="also export the result into this model dir")
+    add_option(p, "config", None, type=Path, help="JSON file with sections sim, tsh, train")
+    add_option(p, "out", "results/simulate", type=Path)
+    add_option(p, "publish-to", None, type=Path, help="also export the result into this model dir")
     _add_runtime(p)
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("export", help="export a checkpoint (checkpoint.safetensors) as a version")
-    _add(p, "checkpoint", required=_env("checkpoint") is None, type=Path)
-    _add(p, "model-dir", required=_env("model-dir") is None, type=Path)
+    add_option(p, "checkpoint", required=env_default("checkpoint") is None, type=Path)
+    add_option(p, "model-dir", required=env_default("model-dir") is None, type=Path)
     p.add_argument("--no-publish", action="store_true", help="write the version but leave CURRENT")
-    _add(p, "threads", 1, type=_positive_int, help="torch intra-op threads (default 1)")
+    add_option(p, "threads", 1, type=positive_int, help="torch intra-op threads (default 1)")
 
-    p = sub.add_parser("paper", help="the paper's offline study (Tables 3 and 4) on the simulator")
-    _add(p, "trials", None, type=_positive_int, help="seeds per method (default 5; quick: 2)")
-    _add(p, "out", "results", type=Path)
-    p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run in seconds")
-    p.add_argument(
-        "--merge",
-        action="store_true",
-        help="add these --methods to the study already in <out>/paper.json (same config)",
-    )
-    p.add_argument(
-        "--add-seeds",
-        action="store_true",
-        help="with --merge: run only the seeds up to --trials that these methods lack, and "
-        "append them (grow a study in resumable parts)",
-    )
-    p.add_argument(
-        "--render-only",
-        action="store_true",
-        help="only re-render <out>/paper.md from its paper.json and paper-notes.md",
-    )
-    _add(p, "methods", None, help="comma-separated subset of the methods (default: the study's)")
-    _add(p, "budget", None, help="comma-separated budgets in simulated requests, e.g. 1e5,3e5")
-    _add(p, "dose", None, type=float, help="heterogeneity d of the world (results/worlds.md)")
-    _add(p, "world-seed", None, type=int, help="world seed (default 101, a held-out world)")
-    _add(p, "data-dir", None, help="a KuaiRand-Pure folder: real users (disjoint folds)")
-    _add(p, "eval-sessions", None, type=_positive_int, help="evaluation users per cell")
-    _add(p, "config", None, type=Path, help="JSON overrides: sim tsh train cem td3 es formula")
-    _add(p, "threads", None, type=_positive_int, help="torch threads per run (default 1)")
-    _add(p, "jobs", 1, type=_positive_int, help="runs in parallel processes (default 1)")
-    p.add_argument("--no-progress", action="store_true")
-
-    p = sub.add_parser(
-        "headroom", help="personalisation headroom of the world family, without any learner"
-    )
-    _add(p, "out", "results", type=Path)
-    p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run in seconds")
-    _add(p, "doses", None, help="comma-separated heterogeneity doses d (default 0,0.25,0.5,1)")
-    _add(p, "world-seed", None, type=int, help="world seed (default 101, a held-out world)")
-    _add(p, "seeds", None, type=_positive_int, help="CEM seeds per policy (default 1)")
-    _add(p, "eval-sessions", None, type=_positive_int, help="evaluation users (default 10000)")
-    _add(p, "data-dir", None, help="a KuaiRand-Pure folder: real users (disjoint folds)")
-    _add(p, "jobs", 1, type=_positive_int, help="fits in parallel processes (default 1)")
-
-    p = sub.add_parser("family", help="dose-response table across the study's worlds")
-    _add(p, "papers", None, required=True, help="comma-separated `paper` output folders")
-    _add(p, "headroom", None, type=Path, help="headroom.json of `xmtf-train headroom`")
-    _add(p, "out", "results", type=Path)
+    add_study_parsers(sub)
 
     from trainer.experiment.commands import add_parser as add_experiment_parser
 
@@ -216,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", type=Path, help="one xMTF checkpoint (Figs. 5 and 6 only)")
     src.add_argument("--run", type=Path, help="an `xmtf-train paper` output folder (default)")
-    _add(p, "out", None, type=Path, help="where to write the PNGs (default: <run>/figures)")
+    add_option(p, "out", None, type=Path, help="where to write the PNGs (default: <run>/figures)")
     return parser
 
 
@@ -447,119 +386,6 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def cmd_paper(args: argparse.Namespace) -> dict[str, Any]:
-    import dataclasses
-
-    from trainer.study.config import PaperConfig
-    from trainer.study.report import render_run
-    from trainer.study.run import StudyMismatch, run_paper
-
-    if args.render_only:
-        if not (Path(args.out) / "paper.json").is_file():
-            raise CLIError(f"{args.out} has no paper.json to render")
-        return {"out": str(args.out), "rendered": str(render_run(Path(args.out)))}
-
-    if args.add_seeds and not args.merge:
-        raise CLIError("--add-seeds grows an existing study: it needs --merge")
-    trials = int(args.trials) if args.trials else None
-    try:
-        config = PaperConfig.quick_config(trials or 2) if args.quick else PaperConfig()
-        if args.config:
-            config = config.with_overrides(args.config)
-        changes: dict[str, Any] = {}
-        if trials and not args.quick:
-            changes["trials"] = trials
-        if args.threads:
-            changes["torch_threads"] = int(args.threads)
-        if args.methods:
-            changes["methods"] = tuple(m.strip() for m in str(args.methods).split(",") if m)
-        if args.budget:
-            try:
-                changes["budgets"] = tuple(int(float(b)) for b in str(args.budget).split(",") if b)
-            except ValueError:
-                msg = f"--budget: expected comma-separated numbers, got {args.budget!r}"
-                raise ValueError(msg) from None
-        if args.dose is not None:
-            changes["dose"] = float(args.dose)
-        if args.world_seed is not None or args.data_dir:
-            sim = config.sim
-            if args.world_seed is not None:
-                sim = sim.replace(seed=int(args.world_seed))
-            if args.data_dir:
-                sim = sim.replace(data_dir=str(args.data_dir))
-            changes["sim"] = sim
-        if args.eval_sessions:
-            changes["train"] = dataclasses.replace(
-                config.train, eval_sessions=int(args.eval_sessions)
-            )
-        if changes:
-            config = dataclasses.replace(config, **changes)
-    except (ValueError, TypeError) as exc:
-        raise CLIError(str(exc)) from exc
-    try:
-        report = run_paper(
-            config,
-            args.out,
-            progress=not args.no_progress,
-            echo=lambda s: print(s, file=sys.stderr),
-            jobs=int(args.jobs),
-            merge=bool(args.merge),
-            add_seeds=bool(args.add_seeds),
-        )
-    except StudyMismatch as exc:
-        raise CLIError(str(exc)) from exc
-    return {
-        "out": str(args.out),
-        "seconds": round(report["meta"]["seconds"], 1),
-        "projected_seconds": round(report["meta"]["projected_seconds"], 1),
-        "verdict": report["verdict"].get("text", ""),
-    }
-
-
-def cmd_headroom(args: argparse.Namespace) -> dict[str, Any]:
-    import dataclasses
-
-    from trainer.study.headroom import HeadroomConfig, run_headroom
-
-    try:
-        config = HeadroomConfig.quick_config() if args.quick else HeadroomConfig()
-        sim = config.sim
-        if args.world_seed is not None:
-            sim = sim.replace(seed=int(args.world_seed))
-        if args.data_dir:
-            sim = sim.replace(data_dir=str(args.data_dir))
-        changes: dict[str, Any] = {"sim": sim}
-        if args.doses:
-            changes["doses"] = tuple(float(d) for d in str(args.doses).split(",") if d.strip())
-        if args.seeds:
-            changes["seeds"] = int(args.seeds)
-        if args.eval_sessions:
-            changes["eval_sessions"] = int(args.eval_sessions)
-        config = dataclasses.replace(config, **changes)
-        if any(d < 0 for d in config.doses):
-            raise ValueError("--doses must be >= 0")
-    except (ValueError, TypeError) as exc:
-        raise CLIError(f"--doses/--world-seed: {exc}") from exc
-    report = run_headroom(
-        config, Path(args.out), jobs=int(args.jobs), echo=lambda s: print(s, file=sys.stderr)
-    )
-    return {
-        "out": str(args.out),
-        "headroom": {str(r["dose"]): r["headroom"] for r in report["doses"]},
-        "seconds": round(report["meta"]["seconds"], 1),
-    }
-
-
-def cmd_family(args: argparse.Namespace) -> dict[str, Any]:
-    from trainer.study.family import run_family
-
-    papers = [Path(p.strip()) for p in str(args.papers).split(",") if p.strip()]
-    missing = [str(p) for p in papers if not (p / "paper.json").is_file()]
-    if missing:
-        raise CLIError(f"--papers: no paper.json in {', '.join(missing)}")
-    return run_family(papers, args.headroom, Path(args.out))
-
-
 def cmd_plot(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.study.plots import plot_checkpoint, plot_run
 
@@ -581,9 +407,7 @@ COMMANDS = {
     "consume": cmd_consume,
     "simulate": cmd_simulate,
     "export": cmd_export,
-    "paper": cmd_paper,
-    "headroom": cmd_headroom,
-    "family": cmd_family,
+    **STUDY_COMMANDS,
     "plot": cmd_plot,
     "experiment": cmd_experiment,
 }

@@ -55,11 +55,12 @@ class TSHConfig:
     # What the outer stage acts on when it labels the inner stage. "none" (the paper's): the
     # inner stage being trained, so every update moves it by one more application of
     # q(1 + a q) and a persistent action integrates without bound (in production the cells
-    # saturated into 0/1 steps within one consume round, results/rounds-*). "version": a frozen
-    # copy of the cells as loaded or initialised (the version being served): the inner stage's
-    # target is one application of the outer stage to that version, a bounded trust region;
-    # at a = 0 the target is the served version itself (TSHAgent.refresh_anchor).
-    transfer_anchor: str = "none"
+    # saturated into 0/1 steps within one consume round, results/rounds-*). "version" (the
+    # default, a documented deviation): a frozen copy of the cells as loaded or initialised
+    # (the version being served): the inner stage's target is one application of the outer
+    # stage to that version, a bounded trust region; at a = 0 the target is the served version
+    # itself (TSHAgent.refresh_anchor). The offline study keeps "none" (PaperConfig).
+    transfer_anchor: str = "version"
     # Weight of an L2 penalty on the outer-stage action in the actor loss (-Q + rho * mean a^2),
     # as OpenAI Baselines' DDPG/HER ``action_l2``; not in the paper (0 turns it off). Without it
     # the actor ran to a bound and stayed there (see results/paper.md). TSHAgent.update_actor.

@@ -52,11 +52,15 @@ def test_init_rejects_a_bad_sample_by_name(tmp_path: Path, capsys, content, mess
 def test_init_config_sets_the_learner_that_consume_continues(tmp_path: Path) -> None:
     from trainer.export import load_agent
 
-    (tmp_path / "c.json").write_text(json.dumps({"tsh": {"transfer_anchor": "version"}}))
-    assert _init(tmp_path, "--config", str(tmp_path / "c.json")) == 0
+    assert _init(tmp_path) == 0  # the product's default learner anchors its transfer
     version = (tmp_path / "models" / "CURRENT").read_text().strip()
     agent = load_agent(tmp_path / "models" / version)  # what consume starts from
     assert agent.config.transfer_anchor == "version" and agent.mfc_anchor is not None
+    (tmp_path / "c.json").write_text(json.dumps({"tsh": {"transfer_anchor": "none"}}))
+    assert _init(tmp_path, "--config", str(tmp_path / "c.json")) == 0
+    version = (tmp_path / "models" / "CURRENT").read_text().strip()
+    agent = load_agent(tmp_path / "models" / version)
+    assert agent.config.transfer_anchor == "none" and agent.mfc_anchor is None
 
 
 @pytest.mark.parametrize(

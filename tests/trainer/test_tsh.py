@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -340,7 +341,7 @@ def _saturated_share(agent: TSHAgent, batch: Batch) -> float:
 
 
 def test_transfer_anchor_is_a_frozen_copy_of_the_served_cells(tmp_path: Path) -> None:
-    assert _fresh().mfc_anchor is None  # the paper's form: no anchor
+    assert _fresh(dataclasses.replace(SMALL, transfer_anchor="none")).mfc_anchor is None
     agent = _fresh(ANCHORED)
     assert agent.mfc_anchor is not None
     start = copy.deepcopy(agent.mfc.state_dict())
@@ -386,6 +387,14 @@ def test_anchored_transfer_does_not_compound_a_constant_action() -> None:
         saturated[anchor] = _saturated_share(agent, batch)
     assert saturated["none"] > 0.9
     assert saturated["version"] < 0.5
+
+
+def test_the_product_anchors_and_the_study_runs_the_papers_transfer() -> None:
+    from trainer.study.config import PaperConfig
+
+    assert TSHConfig().transfer_anchor == "version"
+    assert PaperConfig().tsh.transfer_anchor == "none"
+    assert PaperConfig.quick_config().tsh.transfer_anchor == "none"
 
 
 def test_transfer_anchor_must_be_known() -> None:

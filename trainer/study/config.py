@@ -24,7 +24,11 @@ class PaperConfig:
 
     sim: SimConfig = field(default_factory=lambda: SimConfig(max_steps=80, seed=101))
     dose: float = 0.0
-    tsh: TSHConfig = field(default_factory=lambda: TSHConfig(batch_size=256))
+    # The study runs the paper's unanchored transfer (what every committed study ran); the
+    # product's default anchor is Table 5's xmtf_anchor row.
+    tsh: TSHConfig = field(
+        default_factory=lambda: TSHConfig(batch_size=256, transfer_anchor="none")
+    )
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             total_steps=400,
@@ -81,7 +85,13 @@ class PaperConfig:
         """Tiny budgets: every method end to end in seconds (tests, smoke runs)."""
         return cls(
             sim=SimConfig(n_candidates=20, max_steps=8, n_items=500, seed=101),
-            tsh=TSHConfig(hidden=32, batch_size=64, inner_batch_size=16, neutral_fit_steps=10),
+            tsh=TSHConfig(
+                hidden=32,
+                batch_size=64,
+                inner_batch_size=16,
+                neutral_fit_steps=10,
+                transfer_anchor="none",
+            ),
             train=TrainConfig(
                 n_users=32,
                 total_steps=6,
