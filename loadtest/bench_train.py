@@ -232,6 +232,7 @@ def measure_updates(quick: bool) -> dict[str, Any]:
     floor = _best_ms(lambda: x @ w, 100, 9)
     cases = [
         ("consume defaults (64 slots, 50 logged)", 64, TSHConfig()),
+        ("consume, the paper's unanchored transfer", 64, TSHConfig(transfer_anchor="none")),
         ("simulate defaults (32 of 50 candidates)", 32, TSHConfig()),
         ("consume, opt-in pair_candidates=32", 64, TSHConfig(pair_candidates=32)),
         ("consume, opt-in pair_candidates=16", 64, TSHConfig(pair_candidates=16)),
