@@ -20,6 +20,7 @@ from shared.tasks import DEFAULT_TASK_NAMES
 from trainer.cli_args import (
     CLIError,
     add_option,
+    canary_share,
     env_default,
     non_negative_int,
     positive_int,
@@ -232,7 +233,7 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
 
     if float(args.updates_per_transition) < 0:
         raise CLIError("--updates-per-transition must be >= 0")
-    canary = _canary_share(str(args.publish))
+    canary = canary_share(str(args.publish))
     set_threads(int(args.threads))
     device = resolve_device(str(args.device))
     from shared.redis_client import make_client
@@ -291,20 +292,6 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
         )
     )
     return {**stats.as_dict(), "device": device}
-
-
-def _canary_share(text: str) -> float | None:
-    """``--publish``: None for ``current``, the share for ``canary:SHARE``."""
-    if text == "current":
-        return None
-    kind, _, share = text.partition(":")
-    try:
-        value = float(share)
-    except ValueError:
-        value = -1.0
-    if kind != "canary" or not 0.0 < value < 1.0:
-        raise CLIError(f"--publish must be 'current' or 'canary:SHARE' with 0 < SHARE < 1: {text}")
-    return value
 
 
 def cmd_experiment(args: argparse.Namespace) -> dict[str, Any]:

@@ -40,3 +40,18 @@ def seconds_arg(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
     return value
+
+
+def canary_share(text: str) -> float | None:
+    """``--publish`` (``consume``, ``rounds``): None for ``current``, the share for
+    ``canary:SHARE``; anything else is a :class:`CLIError` naming the option."""
+    if text == "current":
+        return None
+    kind, _, share = text.partition(":")
+    try:
+        value = float(share)
+    except ValueError:
+        value = -1.0
+    if kind != "canary" or not 0.0 < value < 1.0:
+        raise CLIError(f"--publish must be 'current' or 'canary:SHARE' with 0 < SHARE < 1: {text}")
+    return value

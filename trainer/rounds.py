@@ -36,6 +36,7 @@ import redis
 
 from shared.manifest import read_current
 from trainer import stats
+from trainer.cli_args import CLIError, canary_share
 from trainer.demo import (
     BIN,
     Phase,
@@ -188,14 +189,6 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _canary_share_ok(publish: str) -> bool:
-    head, _, share = publish.partition(":")
-    try:
-        return head == "canary" and 0.0 < float(share) < 1.0
-    except ValueError:
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xmtf-rounds", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=4)
@@ -216,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.sessions < 1 or args.eval_sessions < 2:
         p.error("--rounds and --sessions must be >= 1, --eval-sessions >= 2")
-    if args.publish != "current" and not _canary_share_ok(args.publish):
-        p.error(f"--publish must be current or canary:SHARE, 0 < SHARE < 1; got {args.publish!r}")
+    try:
+        canary_share(args.publish)
+    except CLIError as exc:
+        p.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     shutil.rmtree(args.workdir, ignore_errors=True)

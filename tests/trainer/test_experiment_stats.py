@@ -102,7 +102,7 @@ def test_stats_check_small_run() -> None:
 def test_publish_canary_keeps_current_and_starts_an_experiment(tmp_path: Path) -> None:
     from shared.experiment import read_experiment
     from shared.manifest import read_current, write_current
-    from trainer.cli import _canary_share
+    from trainer.cli_args import canary_share
     from trainer.experiment.commands import ExperimentCommandError, publish_canary
 
     write_current(tmp_path, "v1")
@@ -119,7 +119,7 @@ def test_publish_canary_keeps_current_and_starts_an_experiment(tmp_path: Path) -
     assert again is not None and again.arm("canary").version == "v3" and again.salt == exp.salt
     with pytest.raises(ExperimentCommandError):
         publish_canary(tmp_path, "v4", 1.0)
-    assert _canary_share("current") is None and _canary_share("canary:0.25") == 0.25
+    assert canary_share("current") is None and canary_share("canary:0.25") == 0.25
 
 
 def test_users_per_arm_closed_form_and_the_reports_test_at_that_size() -> None:

@@ -7,7 +7,6 @@ log. The parser is added to ``xmtf-train`` by :func:`add_parser`; :func:`run` di
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from shared.experiment import (
     write_experiment,
 )
 from shared.manifest import ManifestError, read_current, read_manifest, write_current
+from trainer.cli_args import env_default
 from trainer.experiment.report import analyse, markdown
 from trainer.experiment.sessions import EventStreams, StreamsError, collect
 
@@ -31,30 +31,32 @@ class ExperimentCommandError(ValueError):
     """A one-line, user-facing failure of an experiment command."""
 
 
-def _env(option: str, default: Any = None) -> Any:
-    return os.environ.get("XMTF_" + option.upper().replace("-", "_"), default)
-
-
 def add_parser(sub: Any) -> None:
     """``experiment`` and its four subcommands on ``xmtf-train``'s subparsers."""
     p = sub.add_parser("experiment", help="A/B experiments: start, stop, report, guard")
     esub = p.add_subparsers(dest="experiment_command", required=True)
 
     def common(q: argparse.ArgumentParser, redis: bool = False) -> None:
-        q.add_argument("--model-dir", default=_env("model-dir"), required=_env("model-dir") is None)
+        q.add_argument(
+            "--model-dir",
+            default=env_default("model-dir"),
+            required=env_default("model-dir") is None,
+        )
         if redis:
-            q.add_argument("--redis-url", default=_env("redis-url", "redis://127.0.0.1:6379/0"))
-            q.add_argument("--events-stream", default=_env("events-stream", DEFAULT_STREAM))
+            q.add_argument(
+                "--redis-url", default=env_default("redis-url", "redis://127.0.0.1:6379/0")
+            )
+            q.add_argument("--events-stream", default=env_default("events-stream", DEFAULT_STREAM))
             q.add_argument(
                 "--event-shards",
                 type=int,
-                default=int(_env("event-shards", 1)),
+                default=int(env_default("event-shards", 1)),
                 help="the scorers' event shards: read <stream>:{0..S-1} (default 1: <stream>)",
             )
             q.add_argument(
                 "--redis-cluster",
                 action="store_true",
-                default=str(_env("redis-cluster", "false")).lower() in ("1", "true", "yes"),
+                default=str(env_default("redis-cluster", "false")).lower() in ("1", "true", "yes"),
                 help="the Redis URL is a seed node of a Redis Cluster (SPEC §14)",
             )
 
