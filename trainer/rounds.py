@@ -64,7 +64,7 @@ def run_rounds(args: argparse.Namespace, redis_url: str, client: redis.Redis) ->
     serve_stream, eval_stream = f"xmtf:rounds:{tag}", f"xmtf:rounds:{tag}:eval"
     streams = [serve_stream, eval_stream, f"{serve_stream}:dead", f"{serve_stream}:trained"]
     rounds: list[dict[str, Any]] = []
-    canary = args.publish.startswith("canary:")
+    canary = canary_share(args.publish) is not None
     try:
         with running_scorer(model_dir, redis_url, eval_stream, exploration=0.0) as eval_base:
             start = drive_users(eval_base, eval_sim, args.eval_sessions, EVAL_SEED, "eval0")
