@@ -14,9 +14,16 @@ actor's parameters directly on *session returns*, the metric itself:
 * the gradient estimate is the OpenAI-ES one with centred-rank fitness shaping, followed by
   Adam (Salimans et al. 2017).
 
-The inner stage (the MFCs) stays as initialised: this outer stage learns with the inner frozen
-(the first block of block-wise TSH). The searched policy is written into the agent's actor MLP
-exactly (:func:`write_linear_actor`), so checkpoints, export and the scorer are unchanged.
+By default the inner stage (the MFCs) stays as initialised: the outer stage learns with the
+inner frozen. With ``block_iterations = n > 0`` the search is block-wise TSH: every n iterations
+the searched policy is distilled into the cells (:func:`distill_targets`), the search re-centres
+at ``theta = 0`` and goes on from the distilled fusion. The outer stage alone can tilt a task's
+weight by at most ``1 + 2 a q`` (a <= 1.5); block after block the cells absorb one tilt on top
+of the last, which is how the paper's inner stage gains its expressiveness ("the outer stage
+continuously adjusts the inner stage's output ... while the inner stage absorbs new
+knowledge"), here one validated step at a time instead of after every update.
+The searched policy is written into the agent's actor MLP exactly (:func:`write_linear_actor`),
+so checkpoints, export and the scorer are unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from shared.fusion import top_n_indices
+from trainer import losses
 from trainer.loop import AgentLearner, ScoreFn, policy_score_fn
 from trainer.networks import Actor, neutral_preimage
 from trainer.sim import UserSimulator, evaluate
@@ -48,10 +57,23 @@ class PolicySearchConfig:
     # fewer, larger looks than the online learners' periodic ones, so a smaller gain can clear
     # the guard's 95 % bound.
     val_sessions: int = 1000
+    # Block-wise TSH: distil the searched policy into the cells every ``block_iterations``
+    # iterations and re-centre the search (0: never, the inner stage stays as initialised).
+    block_iterations: int = 0
+    distill_steps: int = 300  # Adam steps on the cells per distillation
+    distill_lr: float = 1e-3
+    distill_batch: int = 128  # requests per distillation step (all their candidates)
+    distill_requests: int = 8192  # the latest requests of the search kept as distillation data
 
     def __post_init__(self) -> None:
         if self.pairs < 1 or self.sessions < 1 or self.val_sessions < 0:
             raise ValueError("policy search needs pairs, sessions >= 1 and val_sessions >= 0")
+        if self.block_iterations < 0:
+            raise ValueError("block_iterations must be >= 0 (0: no distillation)")
+        if min(self.distill_steps, self.distill_batch, self.distill_requests) < 1:
+            raise ValueError("distill_steps, distill_batch and distill_requests must be >= 1")
+        if not self.distill_lr > 0:
+            raise ValueError("distill_lr must be > 0")
         if not (self.sigma_bias > 0 and self.sigma_state > 0 and self.lr > 0):
             raise ValueError("sigma_bias, sigma_state and lr must be > 0")
 
@@ -104,6 +126,30 @@ def write_linear_actor(
     linears[-1].weight[:, :d] = v
     linears[-1].weight[:, d : 2 * d] = -v
     linears[-1].bias.copy_(torch.as_tensor(offset + theta[:, 0], dtype=torch.float32))
+
+
+#: Distillation targets are scaled to at most this (the sigmoid cells' comfortable range).
+TARGET_CEILING = 0.98
+
+
+def distill_targets(q_inner: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The cells' targets when the policy ``action`` (B, K) is distilled into them: the outer
+    stage ``q (1 + a q)`` of their current outputs ``q_inner`` (B, K, N), divided by one common
+    scale ``c >= 1`` that brings the largest target to :data:`TARGET_CEILING`. A common positive
+    scale keeps every request's ranking by the summed score, so the distilled cells at ``a = 0``
+    rank as the policy did; the sigmoid cells can only reach values in (0, 1). Returns
+    ``(targets, c)``."""
+    target = losses.outer_stage(q_inner, action)
+    scale = max(1.0, float(target.max()) / TARGET_CEILING)
+    return target / scale, scale
+
+
+def top_n_overlap(before: np.ndarray, after: np.ndarray, n: int) -> float:
+    """Mean share of each request's top ``n`` by ``before`` (U, C) that is in its top ``n`` by
+    ``after``: 1.0 when the two rank the shown slate alike."""
+    a, b = top_n_indices(before, n), top_n_indices(after, n)
+    hits = (a[:, :, None] == b[:, None, :]).any(axis=2)
+    return float(hits.mean())
 
 
 def centred_ranks(values: np.ndarray) -> np.ndarray:
@@ -160,6 +206,11 @@ class EvolutionStrategy:
         self.rng = np.random.default_rng(seed)
         self.iterations = 0
 
+    def recentre(self) -> None:
+        """Start afresh at ``theta = 0`` (after the policy was distilled into the cells)."""
+        self.theta = np.zeros_like(self.theta)
+        self.adam = Adam(self.theta.shape, self.config.lr)
+
     def step(self, objective: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
         """One iteration: ``objective(thetas (2n, K, 1 + D)) -> mean session returns (2n,)`` on
         common users; moves ``theta`` and returns the iteration's metrics."""
@@ -186,8 +237,13 @@ class PolicySearchLearner(AgentLearner):
 
     The policy standardises the state with moments fixed once by :meth:`start` (moving ones
     would change what ``theta`` means between iterations); the agent's own normaliser is never
-    updated, so the inner stage stays xMTF's as initialised.
+    updated. Without blocks the inner stage stays xMTF's as initialised; with
+    ``block_iterations`` the requests the search ranked are kept and the policy is distilled
+    into the cells at the end of every block (:meth:`distill`).
     """
+
+    #: the first candidates of every iteration whose requests are kept for distillation
+    RECORDED_CANDIDATES = 2
 
     def __init__(self, agent: TSHAgent, config: PolicySearchConfig, seed: int) -> None:
         self.agent = agent
@@ -196,7 +252,10 @@ class PolicySearchLearner(AgentLearner):
         self.offset = neutral_preimage(self.low, self.high)
         shape = (len(agent.tasks), 1 + agent.state_dim)
         self.es = EvolutionStrategy(shape, config, seed)
+        self.seed = seed
         self.mu, self.sd = np.zeros(agent.state_dim), np.ones(agent.state_dim)
+        self.blocks = 0  # distillations done
+        self._requests: list[tuple[np.ndarray, np.ndarray]] = []
         write_linear_actor(agent.actor, self.es.theta, self.offset, self.mu, self.sd)
 
     def start(self, states: np.ndarray) -> None:
@@ -210,32 +269,101 @@ class PolicySearchLearner(AgentLearner):
         with torch.no_grad():
             return self.agent._state(to_tensor(states, self.agent.device)).cpu().numpy()
 
-    def candidate_fn(self, theta: np.ndarray) -> ScoreFn:
-        """The greedy ranking of the policy ``theta`` (the agent's inner stage)."""
+    def _actions(self, theta: np.ndarray, states: np.ndarray) -> np.ndarray:
+        x = (self._agent_state(states) - self.mu) / self.sd
+        return linear_actions(theta, x, self.low, self.high, self.offset)
+
+    def candidate_fn(self, theta: np.ndarray, record: bool = False) -> ScoreFn:
+        """The greedy ranking of the policy ``theta`` (the agent's inner stage); with ``record``
+        the requests it ranks are kept as distillation data."""
         agent = self.agent
 
         def score(state: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-            x = (self._agent_state(state) - self.mu) / self.sd
-            action = linear_actions(theta, x, self.low, self.high, self.offset)
-            return agent.scores(state, predictions, action)
+            if record:
+                self._keep(state, predictions)
+            return agent.scores(state, predictions, self._actions(theta, state))
 
         return score
 
+    def _keep(self, state: np.ndarray, predictions: np.ndarray) -> None:
+        self._requests.append((state.astype(np.float32), predictions.astype(np.float32)))
+        limit = self.es.config.distill_requests
+        while sum(len(s) for s, _ in self._requests) - len(self._requests[0][0]) >= limit:
+            self._requests.pop(0)
+
     def iterate(self, sim: UserSimulator, users_seed: int) -> dict[str, float]:
-        """One ES iteration on ``sim``, every candidate on the users of ``users_seed``."""
-        sessions = self.es.config.sessions
+        """One ES iteration on ``sim``, every candidate on the users of ``users_seed``; at the
+        end of a block, the distillation of the searched policy into the cells."""
+        config = self.es.config
+        blocks = config.block_iterations > 0
 
         def objective(thetas: np.ndarray) -> np.ndarray:
-            return np.array(
-                [
-                    evaluate(sim, self.candidate_fn(t), sessions, users_seed).returns.mean()
-                    for t in thetas
-                ]
-            )
+            returns = []
+            for i, t in enumerate(thetas):
+                fn = self.candidate_fn(t, record=blocks and i < self.RECORDED_CANDIDATES)
+                returns.append(evaluate(sim, fn, config.sessions, users_seed).returns.mean())
+            return np.array(returns)
 
         metrics = self.es.step(objective)
+        if blocks and self.es.iterations % config.block_iterations == 0:
+            metrics |= self.distill(sim.config.top_n)
         write_linear_actor(self.agent.actor, self.es.theta, self.offset, self.mu, self.sd)
         return metrics
+
+    def distill(self, top_n: int) -> dict[str, float]:
+        """Distil the searched policy into the cells on the kept requests, then re-centre the
+        search at ``theta = 0``: the fusion at a = 0 is now (close to) the searched policy.
+
+        The cells regress onto :func:`distill_targets` (MSE, :func:`losses.distill_loss`) with
+        the monotonicity loss of eq. 18 beside it. A tenth of the requests is held out to
+        measure how faithfully: the share of the shown top ``top_n`` the distilled cells keep.
+        """
+        agent, config = self.agent, self.es.config
+        if not self._requests:
+            return {}
+        states = np.concatenate([s for s, _ in self._requests])
+        preds = to_tensor(np.concatenate([p for _, p in self._requests]), agent.device)
+        self._requests = []
+        theta = self.es.theta
+        state_n = agent._state(to_tensor(states, agent.device))
+        action = to_tensor(self._actions(theta, states), agent.device)
+        with torch.no_grad():
+            q_start = self._cells(state_n, preds)
+            targets, scale = distill_targets(q_start, action)
+            policy_scores = losses.fused_score(losses.outer_stage(q_start, action))
+        n = len(states)
+        held = max(1, n // 10)
+        train = n - held
+        mask = torch.ones(preds.shape[0], preds.shape[2], dtype=torch.bool, device=agent.device)
+        opt = torch.optim.Adam(agent.mfc.parameters(), lr=config.distill_lr)
+        rng = np.random.default_rng([self.seed, self.blocks])
+        step: dict[str, float] = {}
+        for _ in range(config.distill_steps):
+            idx = torch.as_tensor(rng.integers(0, max(train, 1), config.distill_batch))
+            q = agent.mfc.forward_task_major(state_n[idx], preds[idx])
+            transfer = losses.distill_loss(targets[idx], q, mask[idx])
+            step = agent.inner_step(preds[idx], q, mask[idx], transfer, optimizer=opt)
+        with torch.no_grad():
+            distilled = losses.fused_score(self._cells(state_n[train:], preds[train:]))
+        overlap = top_n_overlap(policy_scores[train:].cpu().numpy(), distilled.cpu().numpy(), top_n)
+        self.blocks += 1
+        self.es.recentre()
+        return {
+            "distill_block": float(self.blocks),
+            "distill_scale": scale,
+            "distill_mse": step.get("transfer_loss", float("nan")),
+            "distill_mono_violation": step.get("mono_violation", float("nan")),
+            "distill_top_n_overlap": overlap,
+        }
+
+    def _cells(self, state_n: torch.Tensor, preds: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+        """The cells' outputs (B, K, N) in chunks of requests (bounded memory)."""
+        return torch.cat(
+            [
+                self.agent.mfc.forward_task_major(state_n[i : i + chunk], preds[i : i + chunk])
+                for i in range(0, len(state_n), chunk)
+            ]
+        )
 
     def score_fn(self) -> ScoreFn:
         return policy_score_fn(self.agent)

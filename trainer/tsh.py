@@ -261,18 +261,25 @@ class TSHAgent:
         return to_tensor(preds, dev), torch.as_tensor(mask, device=dev)
 
     def inner_step(
-        self, preds: torch.Tensor, q_inner: torch.Tensor, mask: torch.Tensor, transfer: torch.Tensor
+        self,
+        preds: torch.Tensor,
+        q_inner: torch.Tensor,
+        mask: torch.Tensor,
+        transfer: torch.Tensor,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> dict[str, float]:
         """Eq. 18 given its transfer term (whatever labelled it): adds the monotonicity loss
-        over the masked candidates and takes one optimiser step on the MFCs."""
+        over the masked candidates and takes one step on the MFCs (with the inner stage's own
+        optimiser unless ``optimizer`` is given)."""
+        optimizer = self.inner_opt if optimizer is None else optimizer
         mono, violation = losses.monotonicity_loss_and_violations(
             preds, q_inner, self.directions, mask
         )
         loss = losses.inner_loss(mono, transfer, self.config.lam)
-        self.inner_opt.zero_grad()
+        optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(self.mfc.parameters(), self.config.grad_clip)
-        self.inner_opt.step()
+        optimizer.step()
         return _floats(
             {
                 "inner_loss": loss,

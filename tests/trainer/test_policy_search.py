@@ -10,13 +10,16 @@ from trainer.config import TSHConfig
 from trainer.export import export_version
 from trainer.networks import Actor
 from trainer.policy_search import (
+    TARGET_CEILING,
     EvolutionStrategy,
     PolicySearchConfig,
     PolicySearchLearner,
     centred_ranks,
+    distill_targets,
     es_gradient,
     linear_actions,
     neutral_preimage,
+    top_n_overlap,
     write_linear_actor,
 )
 from trainer.sim import SimConfig, UserSimulator, evaluate
@@ -136,3 +139,81 @@ def test_searched_policy_exports_with_parity(sim: UserSimulator, tmp_path) -> No
     # export_version refuses (raises) a version whose ONNX graphs differ from the agent
     result = export_version(agent, tmp_path)
     assert (tmp_path / result.version).is_dir()
+
+
+# ---------------------------------------------------------------- block-wise TSH (distillation)
+def test_distill_targets_keep_each_requests_ranking_and_fit_the_cells() -> None:
+    q = torch.tensor([[[0.9, 0.2, 0.5], [0.1, 0.8, 0.5]]])  # 1 request, K = 2, N = 3
+    action = torch.tensor([[1.5, 0.0]])
+    targets, scale = distill_targets(q, action)
+    # task 0: 0.9 (1 + 1.5 * 0.9) = 2.115 is the largest outer value -> scale = 2.115 / 0.98
+    assert scale == pytest.approx(2.115 / TARGET_CEILING)
+    assert float(targets.max()) == pytest.approx(TARGET_CEILING)
+    summed = targets.sum(1)[0].numpy()
+    policy = (q * (1 + action[..., None] * q)).sum(1)[0].numpy()
+    np.testing.assert_allclose(summed * scale, policy, rtol=1e-6)
+    assert list(np.argsort(-summed)) == list(np.argsort(-policy)) == [0, 2, 1]
+
+
+def test_distill_targets_leave_small_outputs_unscaled() -> None:
+    q = torch.full((2, 3, 4), 0.5)
+    targets, scale = distill_targets(q, torch.zeros(2, 3))
+    assert scale == 1.0
+    torch.testing.assert_close(targets, q)
+
+
+def test_top_n_overlap() -> None:
+    before = np.array([[4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+    assert top_n_overlap(before, before, 2) == 1.0
+    after = np.array([[4.0, 1.0, 3.0, 2.0], [4.0, 3.0, 2.0, 1.0]])
+    # request 0 keeps 1 of {0, 1}; request 1 keeps 0 of {3, 2}
+    assert top_n_overlap(before, after, 2) == pytest.approx(0.25)
+
+
+def test_block_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="block_iterations"):
+        PolicySearchConfig(block_iterations=-1)
+    with pytest.raises(ValueError, match="distill_steps"):
+        PolicySearchConfig(distill_steps=0)
+    with pytest.raises(ValueError, match="distill_lr"):
+        PolicySearchConfig(distill_lr=0.0)
+
+
+def _searched_policy_learner(sim: UserSimulator, **config: float) -> PolicySearchLearner:
+    cfg = TSHConfig(hidden=64, neutral_fit_steps=300)
+    agent = TSHAgent(sim.task_specs(), sim.state_dim, cfg, seed=0)
+    es_cfg = PolicySearchConfig(pairs=2, sessions=16, **config)  # type: ignore[arg-type]
+    learner = PolicySearchLearner(agent, es_cfg, seed=0)
+    learner.start(sim.reset(64, seed=5).state)
+    return learner
+
+
+def test_without_blocks_the_cells_never_move(sim: UserSimulator) -> None:
+    learner = _searched_policy_learner(sim)
+    before = [p.detach().clone() for p in learner.agent.mfc.parameters()]
+    for it in range(3):
+        row = learner.iterate(sim, users_seed=40 + it)
+        assert "distill_block" not in row
+    for b, a in zip(before, learner.agent.mfc.parameters(), strict=True):
+        torch.testing.assert_close(b, a)
+
+
+def test_a_block_distils_the_searched_policy_into_the_cells(sim: UserSimulator) -> None:
+    learner = _searched_policy_learner(sim, block_iterations=2, distill_steps=400, lr=0.5)
+    learner.iterate(sim, users_seed=21)
+    # a strongly tilted policy, so that the distillation has something to absorb
+    learner.es.theta[:, 0] = np.array([2.0, -2.0, 1.0, -1.0, 0.5, 2.0])[: learner.es.theta.shape[0]]
+    theta = learner.es.theta.copy()
+    obs = sim.reset(64, seed=99)
+    policy = learner.candidate_fn(theta)(obs.state, obs.predictions)
+    neutral_before = learner.candidate_fn(np.zeros_like(theta))(obs.state, obs.predictions)
+    row = learner.iterate(sim, users_seed=22)  # the second iteration ends the block
+    assert row["distill_block"] == 1.0 and learner.blocks == 1
+    assert row["distill_top_n_overlap"] > 0.7
+    # the search re-centred: theta = 0 and the actor is neutral again
+    assert np.all(learner.es.theta == 0.0)
+    after = learner.score_fn()(obs.state, obs.predictions)
+    top = sim.config.top_n
+    # the fusion at a = 0 now ranks like the searched policy, not like the old neutral cells
+    assert top_n_overlap(policy, after, top) > top_n_overlap(policy, neutral_before, top)
+    assert top_n_overlap(policy, after, top) > 0.7

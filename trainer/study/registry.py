@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.config import TSHConfig
+from trainer.policy_search import PolicySearchConfig
 
 
 @dataclass(frozen=True)
@@ -18,9 +19,13 @@ class Method:
     formula: str | None = None
     tsh: tuple[tuple[str, Any], ...] = ()  # TSHConfig overrides
     calibrated: bool = False  # formula methods: standardised predictions (as xMTF's cells see)
+    es: tuple[tuple[str, Any], ...] = ()  # PolicySearchConfig overrides (kind es_xmtf)
 
     def tsh_config(self, base: TSHConfig) -> TSHConfig:
         return dataclasses.replace(base, **dict(self.tsh))
+
+    def es_config(self, base: PolicySearchConfig) -> PolicySearchConfig:
+        return dataclasses.replace(base, **dict(self.es))
 
 
 METHODS: tuple[Method, ...] = (
@@ -44,6 +49,13 @@ METHODS: tuple[Method, ...] = (
     # the outer stage searched on session returns (trainer/policy_search.py), inner as initialised
     Method(
         "xmtf_es", "xMTF, outer stage by evolution strategies (inner as initialised)", "es_xmtf"
+    ),
+    # block-wise TSH: the ES-searched outer stage distilled into the cells every 5 iterations
+    Method(
+        "xmtf_es_blocks",
+        "xMTF by block-wise TSH: ES outer stage distilled into the cells every 5 iterations",
+        "es_xmtf",
+        es=(("block_iterations", 5),),
     ),
     Method(
         "xmtf_es_no_state",

@@ -124,6 +124,11 @@ def _comparable(config: dict[str, Any], prior: dict[str, Any] | None = None) -> 
 #: study written before the field existed ran: such a study merges with a run that has it.
 ADDED_FIELDS: dict[tuple[str, str], Any] = {
     ("tsh", "transfer_anchor"): "none",
+    ("es", "block_iterations"): 0,
+    ("es", "distill_steps"): 300,
+    ("es", "distill_lr"): 1e-3,
+    ("es", "distill_batch"): 128,
+    ("es", "distill_requests"): 8192,
 }
 
 
@@ -234,6 +239,7 @@ def _run_paper(
             "table": method.table,
             "formula": method.formula,
             "tsh_overrides": dict(method.tsh),
+            **({"es_overrides": dict(method.es)} if method.es else {}),
             "projected_seconds_per_seed": estimates[method.key],
             "checkpoint": str(first_ckpt.relative_to(out)) if first_ckpt else None,
             "trials": earlier + [trials[(m.key, s)].as_dict() for m, s in jobs if m is method],

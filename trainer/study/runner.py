@@ -173,7 +173,8 @@ class Runner:
         tsh = method.tsh_config(cfg.tsh)
         tsh = replace(tsh, hidden=max(tsh.hidden, 2 * self.state_dim))
         agent = TSHAgent(self.tasks, self.state_dim, tsh, seed=seed)
-        es = replace(cfg.es, personalise=cfg.es.personalise and tsh.use_state)
+        es = method.es_config(cfg.es)
+        es = replace(es, personalise=es.personalise and tsh.use_state)
         return PolicySearchLearner(agent, es, seed)
 
     def formula_fn(self, method: Method, log_weights: np.ndarray) -> ScoreFn:

@@ -208,3 +208,24 @@ def test_batchrl_runs_its_configured_offline_updates() -> None:
     assert trial.eval["requests"] >= config.budgets[-1]  # the log spent the budget
     with pytest.raises(ValueError, match="offline_updates"):
         TD3Config(offline_updates=-1)
+
+
+def test_block_wise_es_runs_with_its_method_overrides() -> None:
+    """``xmtf_es_blocks`` is the ES learner with the method's ``block_iterations``; a quick
+    study trial of it distils (one iteration per block) and still reports every budget."""
+    from trainer.study.config import PaperConfig
+    from trainer.study.registry import METHOD_BY_KEY
+    from trainer.study.runner import Runner
+
+    base = PaperConfig.quick_config(trials=1)
+    es = dataclasses.replace(base.es, block_iterations=1, val_sessions=8, distill_steps=5)
+    config = dataclasses.replace(base, es=es, budgets=(2000, 3000))
+    runner = Runner(config)
+    method = METHOD_BY_KEY["xmtf_es_blocks"]
+    assert runner.make_es_learner(method, seed=0).es.config.block_iterations == 5
+    plain = runner.make_es_learner(METHOD_BY_KEY["xmtf_es"], seed=0)
+    assert plain.es.config.block_iterations == 1  # the study's own es section
+    one_per_block = dataclasses.replace(method, es=(("block_iterations", 1),))
+    trial = runner.run(one_per_block, seed=0)
+    assert [r["budget"] for r in trial.budgets] == list(config.budgets)
+    assert any("distill_block" in row for row in trial.curve)
