@@ -49,10 +49,20 @@ class TrainConfig:
     select_every: int = 50
     val_sessions: int = 1000
     val_seed: int = 20_000
+    # the chosen checkpoint's confirmation test on fresh users of seed val_seed + 1 (0: none;
+    # trainer.selection): guards against a checkpoint that cleared one of many looks by luck
+    confirm_sessions: int = 1000
 
     def __post_init__(self) -> None:
         if self.select_every < 0 or self.val_sessions < 1:
             raise ValueError("select_every must be >= 0 and val_sessions >= 1")
+        if self.confirm_sessions < 0:
+            raise ValueError("confirm_sessions must be >= 0 (0: no confirmation test)")
+        if self.confirm_sessions and self.val_seed + 1 == self.eval_seed:
+            raise ValueError(
+                "TrainConfig.val_seed + 1 (the confirmation users) equals eval_seed: the "
+                "confirmation test would use the evaluation users"
+            )
         if self.select_every and self.val_seed == self.eval_seed:
             raise ValueError(
                 "TrainConfig.val_seed equals eval_seed: checkpoints would be chosen on the "

@@ -6,6 +6,14 @@ with the learner's *start* (the model before any training). A checkpoint can rep
 only if its paired improvement on validation is above 0 with 95 % confidence (bootstrap over
 users); among those the best mean wins. So a run whose training did not help ends with its
 start, and says so (``kept_start``), instead of publishing its last iterate.
+
+Repeated looks are repeated chances: a checkpoint that cleared one look of several may owe its
+margin to those validation users (the winner's curse; in the d = 1 study an actor-critic
+checkpoint passed a look and scored 39 s below its start on evaluation users). With
+``confirm_sessions > 0`` the checkpoint chosen by the looks must clear one more, independent
+test before :meth:`Selector.finish` puts it in place: its paired gain over the start on
+*fresh* confirmation users (their own seed) must again be above 0 with 95 % confidence, or the
+start is kept. One test of one pre-chosen candidate is a plain 95 % test.
 """
 
 from __future__ import annotations
@@ -45,11 +53,17 @@ class Selector:
     sessions: int
     seed: int
     eval_seed: int
+    # the confirmation test of the chosen checkpoint (0: none) on users of ``confirm_seed``
+    confirm_sessions: int = 0
+    confirm_seed: int | None = None
     start_returns: np.ndarray | None = None
     best: Any = None
     best_step: int = 0
     best_gain: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    _start: Any = None
+    _confirm_start: np.ndarray | None = None
+    _confirmed_step: int = 0
 
     def __post_init__(self) -> None:
         if self.seed == self.eval_seed:
@@ -57,6 +71,14 @@ class Selector:
                 f"validation seed {self.seed} is the evaluation seed: a checkpoint chosen on "
                 "the evaluation users reports an optimistic score; give validation its own seed"
             )
+        if self.confirm_sessions:
+            if self.confirm_seed is None:
+                self.confirm_seed = self.seed + 1
+            if self.confirm_seed in (self.seed, self.eval_seed):
+                raise SelectionError(
+                    f"confirmation seed {self.confirm_seed} is the validation or evaluation "
+                    "seed: the confirmation test needs users of its own"
+                )
 
     @property
     def requests(self) -> int:
@@ -70,6 +92,7 @@ class Selector:
         """Validate the untrained learner: the reference every checkpoint must beat."""
         self.start_returns = self._returns(learner)
         self.best = learner.snapshot()
+        self._start = copy.deepcopy(self.best)
         self.best_step, self.best_gain = 0, 0.0
         self.history.append({"step": 0.0, "val_return": float(self.start_returns.mean())})
 
@@ -93,8 +116,42 @@ class Selector:
         log.debug("validation at step %d: %s", step, row)
         return row
 
+    def _confirm(self, learner: Snapshotting) -> None:
+        """The confirmation test of the chosen checkpoint (once per choice): on fresh users its
+        paired gain over the start must be above 0 with 95 % confidence, or the start is
+        restored as the choice (later looks may choose again)."""
+        assert self.confirm_seed is not None and self._start is not None
+        current = learner.snapshot()
+        if self._confirm_start is None:
+            learner.restore(copy.deepcopy(self._start))
+            self._confirm_start = self._confirm_returns(learner)
+        learner.restore(copy.deepcopy(self.best))
+        returns = self._confirm_returns(learner)
+        learner.restore(current)
+        gain = stats.paired_difference(returns, self._confirm_start, n_boot=500, seed=0)
+        row = {
+            "step": float(self.best_step),
+            "confirm_return": float(returns.mean()),
+            "confirm_gain": gain.mean,
+            "confirm_gain_lo": gain.lo,
+        }
+        if gain.lo > 0:
+            self._confirmed_step = self.best_step
+            row["confirmed"] = 1.0
+        else:
+            self.best, self.best_step, self.best_gain = copy.deepcopy(self._start), 0, 0.0
+        self.history.append(row)
+        log.debug("confirmation of step %d: %s", row["step"], row)
+
+    def _confirm_returns(self, learner: Snapshotting) -> np.ndarray:
+        fn = learner.score_fn()
+        return evaluate(self.sim, fn, self.confirm_sessions, self.confirm_seed).returns
+
     def finish(self, learner: Snapshotting) -> dict[str, Any]:
-        """Put the selected checkpoint back into the learner; what was decided and why."""
+        """Put the selected checkpoint back into the learner (after its confirmation test, when
+        there is one); what was decided and why."""
+        if self.confirm_sessions and self.best_step and self.best_step != self._confirmed_step:
+            self._confirm(learner)
         if self.best is not None:
             learner.restore(copy.deepcopy(self.best))
         return {

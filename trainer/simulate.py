@@ -86,7 +86,13 @@ def train_on_simulator(
     eval_sim = UserSimulator(world)  # same world, other users
     selector = None
     if tc.select_every:
-        selector = Selector(UserSimulator(world), tc.val_sessions, tc.val_seed, tc.eval_seed)
+        selector = Selector(
+            UserSimulator(world),
+            tc.val_sessions,
+            tc.val_seed,
+            tc.eval_seed,
+            confirm_sessions=tc.confirm_sessions,
+        )
         selector.start(learner)
 
     def run_eval(step: int) -> dict[str, float]:

@@ -39,6 +39,7 @@ class PaperConfig:
             select_every=200,
             val_sessions=300,
             val_seed=20_000,
+            confirm_sessions=0,  # the committed studies ran without the confirmation test
         )
     )
     # every method is evaluated when its training (and validation) has used each budget, in
@@ -105,6 +106,7 @@ class PaperConfig:
                 select_every=3,
                 val_sessions=16,
                 val_seed=20_000,
+                confirm_sessions=0,
             ),
             budgets=(100, 250),
             cem=CEMConfig(iterations=100, population=4, sessions=4),

@@ -129,6 +129,7 @@ ADDED_FIELDS: dict[tuple[str, str], Any] = {
     ("es", "distill_lr"): 1e-3,
     ("es", "distill_batch"): 128,
     ("es", "distill_requests"): 8192,
+    ("train", "confirm_sessions"): 0,
 }
 
 

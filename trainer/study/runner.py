@@ -319,8 +319,13 @@ class Runner:
 
     def _selector(self, sessions: int = 0) -> Selector:
         tc = self.config.train
-        return Selector(UserSimulator(self.val_world), sessions or tc.val_sessions, tc.val_seed,
-                        tc.eval_seed)  # fmt: skip
+        return Selector(
+            UserSimulator(self.val_world),
+            sessions or tc.val_sessions,
+            tc.val_seed,
+            tc.eval_seed,
+            confirm_sessions=tc.confirm_sessions,
+        )
 
     def _run_es(self, method: Method, seed: int, checkpoint: Path | None, t0: float) -> Trial:
         """xMTF with the outer stage searched by ES (trainer/policy_search.py) until each budget
