@@ -53,21 +53,28 @@ bench-train: install
 bench-sim: install
 	$(BIN)/python -m loadtest.simbench
 
-## paper: the study (results/worlds.md protocol) on the held-out world 101 at d = 0 and d = 1,
-## then the dose-response table next to results/headroom.json (run `make headroom` first)
+## paper: the study (results/worlds.md protocol) on the held-out worlds 101 and 102 at d = 0 and
+## d = 1 (and the KuaiRand population at both), then the dose-response table next to
+## results/headroom.json (run `make headroom` first)
 PAPER_JOBS ?= 2
 PAPER_TRIALS ?= 10
 # the KuaiRand population study runs too when the real user features are there (not in a clone)
 PAPER_KUAIRAND_DIR ?= $(or $(XMTF_KUAIRAND_DIR),$(wildcard ../shared/data/kuairand-pure))
 COMMA := ,
+PAPER_RUN = $(BIN)/xmtf-train paper --trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS)
+PAPER_DIRS = results/paper-d0,results/paper-d1,results/paper-w102-d0,results/paper-w102-d1$(if \
+	$(PAPER_KUAIRAND_DIR),$(COMMA)results/paper-kuairand-d0$(COMMA)results/paper-kuairand-d1)
 .PHONY: paper
 paper: install
-	$(BIN)/xmtf-train paper --out results/paper-d0 --dose 0 --trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS)
-	$(BIN)/xmtf-train paper --out results/paper-d1 --dose 1 --trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS)
-	$(if $(PAPER_KUAIRAND_DIR),$(BIN)/xmtf-train paper --out results/paper-kuairand-d0 --dose 0 \
-		--trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS) --data-dir $(PAPER_KUAIRAND_DIR))
-	$(BIN)/xmtf-train family --headroom results/headroom.json --out results \
-		--papers results/paper-d0,results/paper-d1$(if $(PAPER_KUAIRAND_DIR),$(COMMA)results/paper-kuairand-d0)
+	$(PAPER_RUN) --out results/paper-d0 --dose 0
+	$(PAPER_RUN) --out results/paper-d1 --dose 1
+	$(PAPER_RUN) --out results/paper-w102-d0 --dose 0 --world-seed 102
+	$(PAPER_RUN) --out results/paper-w102-d1 --dose 1 --world-seed 102
+	$(if $(PAPER_KUAIRAND_DIR),$(PAPER_RUN) --out results/paper-kuairand-d0 --dose 0 \
+		--data-dir $(PAPER_KUAIRAND_DIR))
+	$(if $(PAPER_KUAIRAND_DIR),$(PAPER_RUN) --out results/paper-kuairand-d1 --dose 1 \
+		--data-dir $(PAPER_KUAIRAND_DIR))
+	$(BIN)/xmtf-train family --headroom results/headroom.json --out results --papers $(PAPER_DIRS)
 
 ## rollout-stats: experiment statistics on the simulator (A/A false positives, guard false
 ## rollbacks, rollback delay of a bad arm, power; CUPED when the KuaiRand-Pure user features are
