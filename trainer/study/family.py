@@ -16,7 +16,11 @@ from trainer.study.figures import budget_curves, dose_response
 from trainer.study.report import LEARNERS, NOTES_FILE, render_tables, seed_counts
 
 #: How the dose-response table names each learner.
-LEARNER_LABELS = {"xmtf": "xMTF (actor-critic outer stage)", "xmtf_es": "xMTF (ES outer stage)"}
+LEARNER_LABELS = {
+    "xmtf": "xMTF (actor-critic outer stage)",
+    "xmtf_es": "xMTF (ES outer stage)",
+    "xmtf_es_blocks": "xMTF (block-wise TSH, ES outer stage)",
+}
 
 
 def _contrast(verdict: dict[str, Any], key: str) -> dict[str, Any] | None:

@@ -34,8 +34,13 @@ def _mean(report: dict[str, Any], key: str) -> float:
 
 
 #: The xMTF learners a verdict is computed for, each with its own state ablation: the
-#: actor-critic outer stage (the paper's) and the policy-search one (trainer/policy_search.py).
-LEARNERS = {"xmtf": "xmtf_no_state", "xmtf_es": "xmtf_es_no_state"}
+#: actor-critic outer stage (the paper's), the policy-search one (trainer/policy_search.py)
+#: and its block-wise form (no ablation of its own: its "vs no state" contrast is left out).
+LEARNERS = {
+    "xmtf": "xmtf_no_state",
+    "xmtf_es": "xmtf_es_no_state",
+    "xmtf_es_blocks": "",
+}
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +96,7 @@ def _contrasts(report: dict[str, Any], key: str, no_state: str) -> tuple[dict[st
         best = max(formulas, key=lambda k: _mean(report, k))
         label = f"the best formula-based method ({methods[best]['label']})"
         contrast("vs_best_formula", best, label)
-    if no_state in methods:
+    if no_state and no_state in methods:
         contrast("vs_no_state", no_state, f"{methods[no_state]['label']} (no personalisation)")
     if "plain_sum" in methods:
         contrast("vs_plain_sum", "plain_sum", "the plain sum")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -16,7 +17,7 @@ from trainer import cli, stats
 from trainer.loop import TSHLearner
 from trainer.study.config import PaperConfig
 from trainer.study.registry import DEFAULT_METHODS, METHODS
-from trainer.study.report import paired
+from trainer.study.report import paired, verdict
 from trainer.study.runner import Runner, mfc_violation_rate
 from trainer.tsh import TSHAgent
 
@@ -274,3 +275,14 @@ def test_family_puts_the_contrast_next_to_the_headroom(tmp_path: Path, quick_run
         assert (out / "figures" / name).stat().st_size > 1000  # a rendered PNG
         assert f"figures/{name}" in (out / "paper.md").read_text()
     assert cli.main(["family", "--papers", str(tmp_path / "none"), "--out", str(out)]) == 2
+
+
+def test_the_block_wise_learner_gets_a_verdict_without_a_state_contrast(quick_run) -> None:
+    """``xmtf_es_blocks`` has contrasts of its own; it has no state ablation, so no "vs no
+    state" contrast (the ES one would compare it with another learner)."""
+    _, report = quick_run
+    grown = copy.deepcopy(report)
+    grown["methods"]["xmtf_es_blocks"] = copy.deepcopy(report["methods"]["xmtf_es"])
+    found = verdict(grown)["xmtf_es_blocks"]
+    assert found["vs_init"] == verdict(report)["xmtf_es"]["vs_init"]  # the same trials
+    assert "vs_best_non_personalised" in found and "vs_no_state" not in found
