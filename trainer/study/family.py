@@ -125,7 +125,9 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     if wins:
         parts.append("xMTF beats the best non-personalised method in " + ", ".join(wins))
     if ties:
-        parts.append("xMTF is within noise of it in " + ", ".join(ties))
+        parts.append(
+            "xMTF is within noise of the best non-personalised method in " + ", ".join(ties)
+        )
     if losses:
         parts.append("xMTF is below the best non-personalised method in " + ", ".join(losses))
     if not parts:
