@@ -144,6 +144,7 @@ class Selector:
         log.debug("confirmation of step %d: %s", row["step"], row)
 
     def _confirm_returns(self, learner: Snapshotting) -> np.ndarray:
+        assert self.confirm_seed is not None  # set in __post_init__ when confirming
         fn = learner.score_fn()
         return evaluate(self.sim, fn, self.confirm_sessions, self.confirm_seed).returns
 
