@@ -61,15 +61,20 @@ PAPER_TRIALS ?= 10
 # the KuaiRand population study runs too when the real user features are there (not in a clone)
 PAPER_KUAIRAND_DIR ?= $(or $(XMTF_KUAIRAND_DIR),$(wildcard ../shared/data/kuairand-pure))
 COMMA := ,
+SPACE := $(subst ,, )
 PAPER_RUN = $(BIN)/xmtf-train paper --trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS)
-PAPER_DIRS = results/paper-d0,results/paper-d1,results/paper-w102-d0,results/paper-w102-d1$(if \
-	$(PAPER_KUAIRAND_DIR),$(COMMA)results/paper-kuairand-d0$(COMMA)results/paper-kuairand-d1)
+PAPER_SYNTHETIC = paper-d0 paper-d1 paper-w102-d0 paper-w102-d1 paper-d1-1e6
+PAPER_KUAIRAND = $(if $(PAPER_KUAIRAND_DIR),paper-kuairand-d0 paper-kuairand-d1)
+PAPER_DIRS = $(subst $(SPACE),$(COMMA),$(addprefix results/,$(PAPER_SYNTHETIC) $(PAPER_KUAIRAND)))
 .PHONY: paper
 paper: install
 	$(PAPER_RUN) --out results/paper-d0 --dose 0
 	$(PAPER_RUN) --out results/paper-d1 --dose 1
 	$(PAPER_RUN) --out results/paper-w102-d0 --dose 0 --world-seed 102
 	$(PAPER_RUN) --out results/paper-w102-d1 --dose 1 --world-seed 102
+	# the budget curve to 10^6 requests: xMTF's start, its ES learner and the best formula
+	$(PAPER_RUN) --out results/paper-d1-1e6 --dose 1 --budget 1e5,3e5,1e6 \
+		--methods xmtf_init,cem1_cal,xmtf_es
 	$(if $(PAPER_KUAIRAND_DIR),$(PAPER_RUN) --out results/paper-kuairand-d0 --dose 0 \
 		--data-dir $(PAPER_KUAIRAND_DIR))
 	$(if $(PAPER_KUAIRAND_DIR),$(PAPER_RUN) --out results/paper-kuairand-d1 --dose 1 \
