@@ -118,7 +118,8 @@ def verdict(rows: list[dict[str, Any]]) -> str:
             continue
         users = ", KuaiRand users" if r.get("population") == "kuairand" else ""
         learner = LEARNER_LABELS.get(r.get("learner", "xmtf"), "xMTF")
-        label = f"d = {r['dose']:g} (world {r['world_seed']}{users}; {learner})"
+        budget = f"; {r['budget']:,} requests" if r.get("budget") else ""
+        label = f"d = {r['dose']:g} (world {r['world_seed']}{users}; {learner}{budget})"
         lo, hi = c["ci95"]
         (wins if lo > 0 else losses if hi < 0 else ties).append(label)
     parts = []
