@@ -21,7 +21,8 @@ at ``theta = 0`` and goes on from the distilled fusion. The outer stage alone ca
 weight by at most ``1 + 2 a q`` (a <= 1.5); block after block the cells absorb one tilt on top
 of the last, which is how the paper's inner stage gains its expressiveness ("the outer stage
 continuously adjusts the inner stage's output ... while the inner stage absorbs new
-knowledge"), here one validated step at a time instead of after every update.
+knowledge"), here one searched block at a time instead of after every update (the study's
+guard still looks only at each budget).
 The searched policy is written into the agent's actor MLP exactly (:func:`write_linear_actor`),
 so checkpoints, export and the scorer are unchanged.
 """
