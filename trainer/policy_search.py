@@ -331,7 +331,7 @@ class PolicySearchLearner(AgentLearner):
         with torch.no_grad():
             q_start = self._cells(state_n, preds)
             targets, scale = distill_targets(q_start, action)
-            policy_scores = losses.fused_score(losses.outer_stage(q_start, action))
+            policy_scores = losses.fused_score(targets) * scale  # the policy's fused scores
         n = len(states)
         held = max(1, n // 10)
         train = n - held

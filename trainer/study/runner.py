@@ -246,7 +246,7 @@ class Runner:
             if selector is None:
                 rows.append(self._budget_row(budget, used(), score_fn()))
                 return
-            row, sampled = self._selected_row(budget, used(), learner, selector, not pending)
+            row, sampled = self._selected_row(budget, used, learner, selector, not pending)
             rows.append(row)
             recorder = sampled or recorder
 
@@ -303,15 +303,22 @@ class Runner:
         return curve
 
     def _selected_row(
-        self, budget: int, used: int, learner: Any, selector: Selector, record: bool
+        self,
+        budget: int,
+        used: Callable[[], int],
+        learner: Any,
+        selector: Selector,
+        record: bool,
     ) -> tuple[dict[str, Any], _StateRecorder | None]:
         """The budget's evaluation of the checkpoint ``selector`` chose (the learner is put back
-        as it was afterwards); ``record``: also sample the states it sees, for the audits."""
+        as it was afterwards); ``record``: also sample the states it sees, for the audits.
+        The requests ``used()`` are counted after the choice, so a confirmation test the choice
+        ran (``train.confirm_sessions``) is in the row's count."""
         current = learner.snapshot()
         decision = selector.finish(learner)  # the selected checkpoint, put in place
         fn = learner.score_fn()
         recorder = _StateRecorder(fn) if record else None
-        row = self._budget_row(budget, used, recorder or fn)
+        row = self._budget_row(budget, used(), recorder or fn)
         row["selected_step"] = decision["selected_step"]
         row["kept_start"] = decision["kept_start"]
         learner.restore(current)
@@ -355,7 +362,7 @@ class Runner:
                 look = selector.consider(it, learner)
                 curve.append({"step": float(it), **look})
                 budget = pending.pop(0)
-                row, sampled = self._selected_row(budget, used(), learner, selector, not pending)
+                row, sampled = self._selected_row(budget, used, learner, selector, not pending)
                 rows.append(row)
                 recorder = sampled or recorder
                 continue

@@ -229,3 +229,31 @@ def test_block_wise_es_runs_with_its_method_overrides() -> None:
     trial = runner.run(one_per_block, seed=0)
     assert [r["budget"] for r in trial.budgets] == list(config.budgets)
     assert any("distill_block" in row for row in trial.curve)
+
+
+def test_a_budget_row_counts_the_requests_its_choice_spent() -> None:
+    """The row's ``requests`` are read after the selector chose (and, with a confirmation
+    test, spent more validation requests), so the budget's accounting includes them."""
+    from trainer.study.config import PaperConfig
+    from trainer.study.runner import Runner
+
+    spent = [1000]
+
+    class Spending:
+        def finish(self, learner: object) -> dict[str, object]:
+            spent[0] += 250  # e.g. a confirmation test's sessions
+            return {"selected_step": 3, "kept_start": False}
+
+    class Plain:
+        def snapshot(self) -> object:
+            return None
+
+        def restore(self, snapshot: object) -> None:
+            pass
+
+        def score_fn(self):  # type: ignore[no-untyped-def]
+            return lambda state, preds: preds.sum(axis=1)
+
+    runner = Runner(PaperConfig.quick_config(trials=1))
+    row, _ = runner._selected_row(250, lambda: spent[0], Plain(), Spending(), False)  # type: ignore[arg-type]
+    assert row["requests"] == 1250 and row["selected_step"] == 3
