@@ -65,12 +65,21 @@ class PolicySearchConfig:
     distill_lr: float = 1e-3
     distill_batch: int = 128  # requests per distillation step (all their candidates)
     distill_requests: int = 8192  # the latest requests of the search kept as distillation data
+    # Global warm start: a share ``warm_share`` of the first budget searches one global weight
+    # vector of the linear formula on the cells' own (calibrated) inputs by CEM (candidates
+    # scored on ``warm_sessions`` common users each), which is then distilled into the cells
+    # (:func:`formula_targets`); ES searches the personalised outer stage from there (0: no
+    # warm start). The study runs it as ``xmtf_es_warm``.
+    warm_share: float = 0.0
+    warm_sessions: int = 32
 
     def __post_init__(self) -> None:
         if self.pairs < 1 or self.sessions < 1 or self.val_sessions < 0:
             raise ValueError("policy search needs pairs, sessions >= 1 and val_sessions >= 0")
         if self.block_iterations < 0:
             raise ValueError("block_iterations must be >= 0 (0: no distillation)")
+        if not 0.0 <= self.warm_share < 1.0 or self.warm_sessions < 1:
+            raise ValueError("warm_share must be in [0, 1) (0: no warm start), warm_sessions >= 1")
         if min(self.distill_steps, self.distill_batch, self.distill_requests) < 1:
             raise ValueError("distill_steps, distill_batch and distill_requests must be >= 1")
         if not self.distill_lr > 0:
@@ -143,6 +152,21 @@ def distill_targets(q_inner: torch.Tensor, action: torch.Tensor) -> tuple[torch.
     target = losses.outer_stage(q_inner, action)
     scale = max(1.0, float(target.max()) / TARGET_CEILING)
     return target / scale, scale
+
+
+def formula_targets(
+    x: torch.Tensor, log_weights: np.ndarray, floor: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The cells' targets when the linear formula ``z = sum_k w_k x_k`` (``w = exp(log_weights)``)
+    on the cells' own inputs ``x`` (B, K, N) is distilled into them: ``w_k (x_k - floor_k) / c``.
+    The per-task shift ``floor_k`` (K,) moves every candidate of a request alike, and one common
+    scale ``c >= 1`` brings the largest target to :data:`TARGET_CEILING`, so the summed targets
+    rank each request as the formula does (the sigmoid cells reach only (0, 1)). Returns
+    ``(targets, formula scores (B, N), c)``."""
+    w = torch.as_tensor(np.exp(log_weights), dtype=x.dtype, device=x.device).view(1, -1, 1)
+    target = (w * (x - floor.view(1, -1, 1))).clamp(min=0.0)
+    scale = max(1.0, float(target.max()) / TARGET_CEILING)
+    return target / scale, (w * x).sum(dim=1), scale
 
 
 def top_n_overlap(before: np.ndarray, after: np.ndarray, n: int) -> float:
@@ -280,9 +304,17 @@ class PolicySearchLearner(AgentLearner):
         agent = self.agent
 
         def score(state: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-            if record:
-                self._keep(state, predictions)
             return agent.scores(state, predictions, self._actions(theta, state))
+
+        return self.recording(score) if record else score
+
+    def recording(self, fn: ScoreFn) -> ScoreFn:
+        """``fn``, keeping the requests it ranks as distillation data (the latest
+        ``distill_requests`` of them)."""
+
+        def score(state: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+            self._keep(state, predictions)
+            return fn(state, predictions)
 
         return score
 
@@ -314,25 +346,57 @@ class PolicySearchLearner(AgentLearner):
     def distill(self, top_n: int) -> dict[str, float]:
         """Distil the searched policy into the cells on the kept requests, then re-centre the
         search at ``theta = 0``: the fusion at a = 0 is now (close to) the searched policy.
-
-        The cells regress onto :func:`distill_targets` (MSE, :func:`losses.distill_loss`) with
-        the monotonicity loss of eq. 18 beside it. A tenth of the requests is held out to
-        measure how faithfully: the share of the shown top ``top_n`` the distilled cells keep.
-        """
-        agent, config = self.agent, self.es.config
-        if not self._requests:
+        The targets are :func:`distill_targets` of the cells as they are."""
+        data = self._kept()
+        if data is None:
             return {}
-        states = np.concatenate([s for s, _ in self._requests])
-        preds = to_tensor(np.concatenate([p for _, p in self._requests]), agent.device)
-        self._requests = []
-        theta = self.es.theta
-        state_n = agent._state(to_tensor(states, agent.device))
-        action = to_tensor(self._actions(theta, states), agent.device)
+        states, state_n, preds = data
+        action = to_tensor(self._actions(self.es.theta, states), self.agent.device)
         with torch.no_grad():
-            q_start = self._cells(state_n, preds)
-            targets, scale = distill_targets(q_start, action)
+            targets, scale = distill_targets(self._cells(state_n, preds), action)
             policy_scores = losses.fused_score(targets) * scale  # the policy's fused scores
-        n = len(states)
+        return self._fit_cells(state_n, preds, targets, policy_scores, top_n) | {
+            "distill_scale": scale
+        }
+
+    def distill_formula(self, log_weights: np.ndarray, top_n: int) -> dict[str, float]:
+        """Distil the global linear formula of ``log_weights`` on the cells' inputs into the
+        cells (the warm start, :attr:`PolicySearchConfig.warm_share`) on the kept requests,
+        then re-centre the search: xMTF at ``a = 0`` now ranks (close to) as the formula."""
+        data = self._kept()
+        if data is None:
+            return {}
+        _, state_n, preds = data
+        with torch.no_grad():
+            x = self.agent.mfc.normalise(preds)
+            floor = x.amin(dim=(0, 2))
+            targets, scores, scale = formula_targets(x, log_weights, floor)
+        return self._fit_cells(state_n, preds, targets, scores, top_n) | {"distill_scale": scale}
+
+    def _kept(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor] | None:
+        """The kept requests as (raw states, normalised states, predictions); emptied."""
+        if not self._requests:
+            return None
+        device = self.agent.device
+        states = np.concatenate([s for s, _ in self._requests])
+        preds = to_tensor(np.concatenate([p for _, p in self._requests]), device)
+        self._requests = []
+        return states, self.agent._state(to_tensor(states, device)), preds
+
+    def _fit_cells(
+        self,
+        state_n: torch.Tensor,
+        preds: torch.Tensor,
+        targets: torch.Tensor,
+        policy_scores: torch.Tensor,
+        top_n: int,
+    ) -> dict[str, float]:
+        """Regress the cells onto ``targets`` (MSE, :func:`losses.distill_loss`) with the
+        monotonicity loss of eq. 18 beside it, then re-centre the search. A tenth of the
+        requests is held out to measure how faithfully: the share of the top ``top_n`` by
+        ``policy_scores`` (B, N) that the distilled cells keep."""
+        agent, config = self.agent, self.es.config
+        n = len(state_n)
         held = max(1, n // 10)
         train = n - held
         mask = torch.ones(preds.shape[0], preds.shape[2], dtype=torch.bool, device=agent.device)
@@ -351,7 +415,6 @@ class PolicySearchLearner(AgentLearner):
         self.es.recentre()
         return {
             "distill_block": float(self.blocks),
-            "distill_scale": scale,
             "distill_mse": step.get("transfer_loss", float("nan")),
             "distill_mono_violation": step.get("mono_violation", float("nan")),
             "distill_top_n_overlap": overlap,

@@ -17,6 +17,7 @@ from trainer.policy_search import (
     centred_ranks,
     distill_targets,
     es_gradient,
+    formula_targets,
     linear_actions,
     neutral_preimage,
     top_n_overlap,
@@ -162,6 +163,21 @@ def test_distill_targets_leave_small_outputs_unscaled() -> None:
     torch.testing.assert_close(targets, q)
 
 
+def test_formula_targets_rank_each_request_as_the_formula() -> None:
+    x = torch.tensor([[[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]]])  # 1 request, K = 2, N = 3
+    log_w = np.log([2.0, 0.5])
+    floor = torch.tensor([-1.0, -2.0])
+    targets, scores, scale = formula_targets(x, log_w, floor)
+    # task 0: 2 (x + 1) = [6, 0, 3]; task 1: 0.5 (x + 2) = [1, 2.5, 0]; the largest is 6
+    assert scale == pytest.approx(6.0 / TARGET_CEILING)
+    np.testing.assert_allclose(targets[0].numpy() * scale, [[6, 0, 3], [1, 2.5, 0]], rtol=1e-6)
+    np.testing.assert_allclose(scores[0].numpy(), [4.0, -0.5, 0.0], rtol=1e-6)
+    # the per-task shifts move every candidate alike: the summed targets rank as the formula
+    summed = targets.sum(1)[0].numpy()
+    assert list(np.argsort(-summed)) == list(np.argsort(-scores[0].numpy())) == [0, 2, 1]
+    assert float(targets.min()) >= 0.0 and float(targets.max()) == pytest.approx(TARGET_CEILING)
+
+
 def test_top_n_overlap() -> None:
     before = np.array([[4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
     assert top_n_overlap(before, before, 2) == 1.0
@@ -177,6 +193,10 @@ def test_block_config_is_validated() -> None:
         PolicySearchConfig(distill_steps=0)
     with pytest.raises(ValueError, match="distill_lr"):
         PolicySearchConfig(distill_lr=0.0)
+    with pytest.raises(ValueError, match="warm_share"):
+        PolicySearchConfig(warm_share=1.0)
+    with pytest.raises(ValueError, match="warm_sessions"):
+        PolicySearchConfig(warm_share=0.5, warm_sessions=0)
 
 
 def _searched_policy_learner(sim: UserSimulator, **config: float) -> PolicySearchLearner:
@@ -217,3 +237,29 @@ def test_a_block_distils_the_searched_policy_into_the_cells(sim: UserSimulator) 
     # the fusion at a = 0 now ranks like the searched policy, not like the old neutral cells
     assert top_n_overlap(policy, after, top) > top_n_overlap(policy, neutral_before, top)
     assert top_n_overlap(policy, after, top) > 0.7
+
+
+def test_a_formula_distils_into_the_cells(sim: UserSimulator) -> None:
+    """The warm start: the requests a recorded formula ranked are the data, the cells at a = 0
+    then rank as the formula (not as they did), and the search is centred at theta = 0."""
+    learner = _searched_policy_learner(sim, distill_steps=400)
+    agent = learner.agent
+    log_w = np.log([3.0, 0.2, 1.0, 0.2, 0.2, 2.0])[: len(agent.tasks)]
+
+    def formula(state: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+        x = agent.mfc.normalise(torch.as_tensor(predictions)).numpy()
+        return (np.exp(log_w)[None, :, None] * x).sum(1)
+
+    evaluate(sim, learner.recording(formula), 64, 23)
+    learner.es.theta[:, 0] = 0.3
+    obs = sim.reset(64, seed=98)
+    wanted = formula(obs.state, obs.predictions)
+    before = learner.candidate_fn(np.zeros_like(learner.es.theta))(obs.state, obs.predictions)
+    row = learner.distill_formula(log_w, sim.config.top_n)
+    assert row["distill_block"] == 1.0 and row["distill_top_n_overlap"] > 0.7
+    assert np.all(learner.es.theta == 0.0)
+    after = learner.candidate_fn(learner.es.theta)(obs.state, obs.predictions)
+    top = sim.config.top_n
+    assert top_n_overlap(wanted, after, top) > top_n_overlap(wanted, before, top)
+    assert top_n_overlap(wanted, after, top) > 0.7
+    assert learner.distill_formula(log_w, top) == {}  # the kept requests were used up

@@ -20,6 +20,7 @@ LEARNER_LABELS = {
     "xmtf": "xMTF (actor-critic outer stage)",
     "xmtf_es": "xMTF (ES outer stage)",
     "xmtf_es_blocks": "xMTF (block-wise TSH, ES outer stage)",
+    "xmtf_es_warm": "xMTF (global warm start, ES outer stage)",
 }
 
 

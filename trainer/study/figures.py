@@ -49,7 +49,7 @@ def dose_response(rows: list[dict[str, Any]], path: Path) -> Path:
     """Margin over the best non-personalised method against the measured headroom."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    markers = {"xmtf": "o", "xmtf_es": "s", "xmtf_es_blocks": "D"}
+    markers = {"xmtf": "o", "xmtf_es": "s", "xmtf_es_blocks": "D", "xmtf_es_warm": "^"}
     for j, learner in enumerate(sorted({r.get("learner", "xmtf") for r in rows})):
         mine = [r for r in rows if r.get("learner", "xmtf") == learner and
                 r["vs_best_non_personalised"]]  # fmt: skip

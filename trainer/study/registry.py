@@ -57,6 +57,13 @@ METHODS: tuple[Method, ...] = (
         "es_xmtf",
         es=(("block_iterations", 5),),
     ),
+    # a global warm start: CEM's weight vector distilled into the cells, then the ES outer stage
+    Method(
+        "xmtf_es_warm",
+        "xMTF, cells warm-started by a distilled global CEM search, outer stage by ES",
+        "es_xmtf",
+        es=(("warm_share", 0.8),),
+    ),
     Method(
         "xmtf_es_no_state",
         "xMTF by evolution strategies w/o state input (a constant action)",

@@ -129,6 +129,8 @@ ADDED_FIELDS: dict[tuple[str, str], Any] = {
     ("es", "distill_lr"): 1e-3,
     ("es", "distill_batch"): 128,
     ("es", "distill_requests"): 8192,
+    ("es", "warm_share"): 0.0,
+    ("es", "warm_sessions"): 32,
     ("train", "confirm_sessions"): 0,
 }
 

@@ -351,10 +351,20 @@ class Runner:
         rows: list[dict[str, Any]] = []
         curve: list[dict[str, float]] = []
         recorder: _StateRecorder | None = None
+        extra: dict[str, Any] = {}
 
         def used() -> int:
             return self.train_sim.requests_served - start_requests + selector.requests
 
+        if learner.es.config.warm_share:
+            warm = int(learner.es.config.warm_share * pending[0]) - val_cost
+            if warm <= 0:
+                raise ValueError(
+                    f"es.warm_share = {learner.es.config.warm_share} leaves no requests for the "
+                    f"warm start before the first budget ({pending[0]}) and its validation look"
+                )
+            warm_curve, extra["warm_solution"] = self._warm_start(learner, seed, used, warm)
+            curve += warm_curve
         it, per_iteration = 0, 0
         while pending:
             if used() + per_iteration + val_cost > pending[0]:
@@ -372,7 +382,7 @@ class Runner:
             per_iteration = self.train_sim.requests_served - before
             it += 1
             curve.append({"step": float(it), "train_return": metrics["population_mean"], **metrics})
-        extra: dict[str, Any] = {"validation": selector.finish(learner)["validation"]}
+        extra["validation"] = selector.finish(learner)["validation"]
         assert recorder is not None
         states = np.concatenate(recorder.states)
         extra["mono_violation"] = mfc_violation_rate(learner.agent, states)
@@ -380,6 +390,52 @@ class Runner:
         if checkpoint is not None:
             learner.save(checkpoint)
         return Trial(seed, rows, time.perf_counter() - t0, curve, extra)
+
+    def _warm_start(
+        self, learner: PolicySearchLearner, seed: int, used: Callable[[], int], limit: int
+    ) -> tuple[list[dict[str, float]], dict[str, float]]:
+        """The global warm start (``es.warm_share``): CEM over one weight vector of the linear
+        formula on calibrated predictions (``cem1_cal``'s search, ``es.warm_sessions`` users
+        per candidate) while its next iteration fits in ``limit`` requests, then its mean
+        distilled into the cells. The requests of the first candidates of every population are
+        the distillation data.
+        Returns the curve rows and the solution (log-weights by task)."""
+        cfg = self.config
+        cost = 0
+
+        def make_fn(log_weights: np.ndarray) -> ScoreFn:
+            fn = fixed_weights_score_fn(log_weights, "linear", cfg.formula.beta, None)
+            return lambda s, p: fn(s, calibrated(p, self.tasks))
+
+        def objective(pop: np.ndarray, it: int) -> np.ndarray:
+            nonlocal cost
+            before = used()
+            users = CEM_USERS + 1000 * seed + 500 + it  # not the ES iterations' users
+            values = []
+            for i, u in enumerate(pop):
+                fn = make_fn(u)
+                if i < PolicySearchLearner.RECORDED_CANDIDATES:
+                    fn = learner.recording(fn)
+                res = evaluate(self.train_sim, fn, learner.es.config.warm_sessions, users)
+                values.append(res.returns.mean())
+            cost = used() - before
+            return np.array(values)
+
+        k = len(self.tasks)
+        result = cem_optimize(
+            objective, k, cfg.cem, np.random.default_rng(seed),
+            cfg.formula.log_weight_low, cfg.formula.log_weight_high,
+            init_mean=np.zeros(k), init_std=np.full(k, cfg.cem.init_std),
+            should_stop=lambda done, mean: used() + cost > limit,
+        )  # fmt: skip
+        rows = [
+            {"step": 0.0, "warm_iteration": r["iteration"], "train_return": r["population_mean"]}
+            for r in result.history
+        ]
+        metrics = learner.distill_formula(result.mean, cfg.world.top_n)
+        solution = {t.name: float(u) for t, u in zip(self.tasks, result.mean, strict=True)}
+        rows.append({"step": 0.0, "warm_requests": float(used()), **metrics})
+        return rows, solution
 
     def _run_cem(self, method: Method, seed: int, checkpoint: Path | None, t0: float) -> Trial:
         """CEM until each budget is spent (the candidates' sessions are its training)."""
