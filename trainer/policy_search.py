@@ -65,7 +65,7 @@ class PolicySearchConfig:
     distill_lr: float = 1e-3
     distill_batch: int = 128  # requests per distillation step (all their candidates)
     distill_requests: int = 8192  # the latest requests of the search kept as distillation data
-    # Global warm start: a share ``warm_share`` of the first budget searches one global weight
+    # Global warm start: a share ``warm_share`` of the last budget searches one global weight
     # vector of the linear formula on the cells' own (calibrated) inputs by CEM (candidates
     # scored on ``warm_sessions`` common users each), which is then distilled into the cells
     # (:func:`formula_targets`); ES searches the personalised outer stage from there (0: no
@@ -154,19 +154,31 @@ def distill_targets(q_inner: torch.Tensor, action: torch.Tensor) -> tuple[torch.
     return target / scale, scale
 
 
+#: The warm start's scale maps this quantile of each task's formula targets to
+#: :data:`TARGET_CEILING`; the rarer, larger values saturate at :data:`TARGET_CLIP`.
+TARGET_QUANTILE = 0.99
+TARGET_CLIP = 0.995
+
+
 def formula_targets(
     x: torch.Tensor, log_weights: np.ndarray, floor: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The cells' targets when the linear formula ``z = sum_k w_k x_k`` (``w = exp(log_weights)``)
-    on the cells' own inputs ``x`` (B, K, N) is distilled into them: ``w_k (x_k - floor_k) / c``.
-    The per-task shift ``floor_k`` (K,) moves every candidate of a request alike, and one common
-    scale ``c >= 1`` brings the largest target to :data:`TARGET_CEILING`, so the summed targets
-    rank each request as the formula does (the sigmoid cells reach only (0, 1)). Returns
+    on the cells' own inputs ``x`` (B, K, N) is distilled into them:
+    ``min(w_k (x_k - floor_k) / c, TARGET_CLIP)``. The per-task shift ``floor_k`` (K,) moves
+    every candidate of a request alike, and one common scale ``c >= 1`` keeps the tasks' relative
+    weights, so the summed targets rank each request as the formula does, except that the
+    extreme values of a task saturate: ``c`` brings the largest per-task
+    :data:`TARGET_QUANTILE` quantile to :data:`TARGET_CEILING` (the sigmoid cells reach only
+    (0, 1); a scale set by the maximum would let one rare task's outlier, ~70 standard
+    deviations out, squeeze every other value towards 0). Returns
     ``(targets, formula scores (B, N), c)``."""
     w = torch.as_tensor(np.exp(log_weights), dtype=x.dtype, device=x.device).view(1, -1, 1)
     target = (w * (x - floor.view(1, -1, 1))).clamp(min=0.0)
-    scale = max(1.0, float(target.max()) / TARGET_CEILING)
-    return target / scale, (w * x).sum(dim=1), scale
+    per_task = target.transpose(0, 1).reshape(target.shape[1], -1).cpu().numpy()
+    top = float(np.quantile(per_task, TARGET_QUANTILE, axis=1).max())
+    scale = max(1.0, top / TARGET_CEILING)
+    return (target / scale).clamp(max=TARGET_CLIP), (w * x).sum(dim=1), scale
 
 
 def top_n_overlap(before: np.ndarray, after: np.ndarray, n: int) -> float:

@@ -11,6 +11,8 @@ from trainer.export import export_version
 from trainer.networks import Actor
 from trainer.policy_search import (
     TARGET_CEILING,
+    TARGET_CLIP,
+    TARGET_QUANTILE,
     EvolutionStrategy,
     PolicySearchConfig,
     PolicySearchLearner,
@@ -168,14 +170,28 @@ def test_formula_targets_rank_each_request_as_the_formula() -> None:
     log_w = np.log([2.0, 0.5])
     floor = torch.tensor([-1.0, -2.0])
     targets, scores, scale = formula_targets(x, log_w, floor)
-    # task 0: 2 (x + 1) = [6, 0, 3]; task 1: 0.5 (x + 2) = [1, 2.5, 0]; the largest is 6
-    assert scale == pytest.approx(6.0 / TARGET_CEILING)
-    np.testing.assert_allclose(targets[0].numpy() * scale, [[6, 0, 3], [1, 2.5, 0]], rtol=1e-6)
+    # task 0: 2 (x + 1) = [6, 0, 3]; task 1: 0.5 (x + 2) = [1, 2.5, 0]
+    top = float(np.quantile([6.0, 0.0, 3.0], TARGET_QUANTILE))  # the larger task quantile
+    assert scale == pytest.approx(top / TARGET_CEILING)
+    unclipped = np.array([[6, 0, 3], [1, 2.5, 0]]) / scale
+    np.testing.assert_allclose(targets[0].numpy(), np.minimum(unclipped, TARGET_CLIP), rtol=1e-5)
     np.testing.assert_allclose(scores[0].numpy(), [4.0, -0.5, 0.0], rtol=1e-6)
     # the per-task shifts move every candidate alike: the summed targets rank as the formula
     summed = targets.sum(1)[0].numpy()
     assert list(np.argsort(-summed)) == list(np.argsort(-scores[0].numpy())) == [0, 2, 1]
-    assert float(targets.min()) >= 0.0 and float(targets.max()) == pytest.approx(TARGET_CEILING)
+    assert float(targets.min()) >= 0.0 and float(targets.max()) <= TARGET_CLIP
+
+
+def test_formula_targets_saturate_a_rare_tasks_outlier() -> None:
+    """One candidate 70 units out on one task does not set the scale: the others keep their
+    spread, and the outlier saturates at the clip."""
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.standard_normal((50, 2, 20)), dtype=torch.float32)
+    x[0, 1, 0] = 70.0
+    targets, _, scale = formula_targets(x, np.zeros(2), x.amin(dim=(0, 2)))
+    assert scale < 10.0
+    assert float(targets[0, 1, 0]) == pytest.approx(TARGET_CLIP)
+    assert float(targets[:, 0].std()) > 0.1  # the bulk is not squeezed towards 0
 
 
 def test_top_n_overlap() -> None:

@@ -62,7 +62,7 @@ METHODS: tuple[Method, ...] = (
         "xmtf_es_warm",
         "xMTF, cells warm-started by a distilled global CEM search, outer stage by ES",
         "es_xmtf",
-        es=(("warm_share", 0.8),),
+        es=(("warm_share", 0.5),),
     ),
     Method(
         "xmtf_es_no_state",

@@ -356,25 +356,33 @@ class Runner:
         def used() -> int:
             return self.train_sim.requests_served - start_requests + selector.requests
 
-        if learner.es.config.warm_share:
-            warm = int(learner.es.config.warm_share * pending[0]) - val_cost
-            if warm <= 0:
+        def budget_row(look_at: int | None) -> None:
+            """The next budget's row; ``look_at``: validate the learner as step ``look_at``
+            first (else the selector's choice so far is evaluated)."""
+            nonlocal recorder
+            if look_at is not None:
+                curve.append({"step": float(look_at), **selector.consider(look_at, learner)})
+            budget = pending.pop(0)
+            row, sampled = self._selected_row(budget, used, learner, selector, not pending)
+            rows.append(row)
+            recorder = sampled or recorder
+
+        warm_share = learner.es.config.warm_share
+        if warm_share:
+            warm = int(warm_share * pending[-1]) - val_cost
+            if warm <= used():
                 raise ValueError(
-                    f"es.warm_share = {learner.es.config.warm_share} leaves no requests for the "
-                    f"warm start before the first budget ({pending[0]}) and its validation look"
+                    f"es.warm_share = {warm_share} leaves no requests for the warm start before "
+                    f"the last budget ({pending[-1]}) and its validation look"
                 )
-            warm_curve, extra["warm_solution"] = self._warm_start(learner, seed, used, warm)
+            warm_curve, extra["warm_solution"] = self._warm_start(
+                learner, seed, used, warm, lambda: pending[0], lambda: budget_row(None)
+            )
             curve += warm_curve
         it, per_iteration = 0, 0
         while pending:
             if used() + per_iteration + val_cost > pending[0]:
-                # the next iteration would leave no room to validate: look, then evaluate
-                look = selector.consider(it, learner)
-                curve.append({"step": float(it), **look})
-                budget = pending.pop(0)
-                row, sampled = self._selected_row(budget, used, learner, selector, not pending)
-                rows.append(row)
-                recorder = sampled or recorder
+                budget_row(look_at=it)  # no room for another iteration and a look: look now
                 continue
             before = self.train_sim.requests_served
             users = CEM_USERS + 1000 * seed + it  # never the validation or evaluation users
@@ -392,13 +400,20 @@ class Runner:
         return Trial(seed, rows, time.perf_counter() - t0, curve, extra)
 
     def _warm_start(
-        self, learner: PolicySearchLearner, seed: int, used: Callable[[], int], limit: int
+        self,
+        learner: PolicySearchLearner,
+        seed: int,
+        used: Callable[[], int],
+        limit: int,
+        next_budget: Callable[[], int],
+        budget_row: Callable[[], None],
     ) -> tuple[list[dict[str, float]], dict[str, float]]:
         """The global warm start (``es.warm_share``): CEM over one weight vector of the linear
         formula on calibrated predictions (``cem1_cal``'s search, ``es.warm_sessions`` users
         per candidate) while its next iteration fits in ``limit`` requests, then its mean
         distilled into the cells. The requests of the first candidates of every population are
-        the distillation data.
+        the distillation data. A budget the search would pass is reported first
+        (``budget_row``: nothing is distilled yet, so it is the start's row).
         Returns the curve rows and the solution (log-weights by task)."""
         cfg = self.config
         cost = 0
@@ -421,12 +436,19 @@ class Runner:
             cost = used() - before
             return np.array(values)
 
+        def stop(done: int, mean: np.ndarray) -> bool:
+            if used() + cost > limit:
+                return True
+            while used() + cost > next_budget():
+                budget_row()
+            return False
+
         k = len(self.tasks)
         result = cem_optimize(
             objective, k, cfg.cem, np.random.default_rng(seed),
             cfg.formula.log_weight_low, cfg.formula.log_weight_high,
             init_mean=np.zeros(k), init_std=np.full(k, cfg.cem.init_std),
-            should_stop=lambda done, mean: used() + cost > limit,
+            should_stop=stop,
         )  # fmt: skip
         rows = [
             {"step": 0.0, "warm_iteration": r["iteration"], "train_return": r["population_mean"]}
