@@ -125,6 +125,6 @@ NON_PERSONALISED = (
 #: The study's default methods: the reduced set a 2-core run can afford (README).
 DEFAULT_METHODS = (
     "plain_sum", "neutral_log", "xmtf_init", "cem1", "cem1_cal", "xmtf_const", "td3_1",
-    "xmtf", "xmtf_no_state", "xmtf_es", "xmtf_es_no_state",
+    "xmtf", "xmtf_no_state", "xmtf_es", "xmtf_es_no_state", "xmtf_es_warm",
 )  # fmt: skip
 MFC_KINDS = ("tsh", "myopic", "init", "es_xmtf")

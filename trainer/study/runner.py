@@ -12,6 +12,7 @@ and each user's total watch time is kept so that methods compare user by user.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from trainer.study.methods.myopic import MyopicMFCLearner
 from trainer.study.methods.td3 import TD3Agent, TD3Learner
 from trainer.study.registry import MFC_KINDS, Method
 from trainer.tsh import TSHAgent
+
+log = logging.getLogger(__name__)
 
 #: Points of the monotonicity probe grid of the study's MFC violation metric.
 STUDY_GRID = 33
@@ -367,14 +370,14 @@ class Runner:
             rows.append(row)
             recorder = sampled or recorder
 
-        warm_share = learner.es.config.warm_share
-        if warm_share:
-            warm = int(warm_share * pending[-1]) - val_cost
-            if warm <= used():
-                raise ValueError(
-                    f"es.warm_share = {warm_share} leaves no requests for the warm start before "
-                    f"the last budget ({pending[-1]}) and its validation look"
-                )
+        warm = int(learner.es.config.warm_share * pending[-1]) - val_cost
+        if learner.es.config.warm_share and warm <= used():
+            log.warning(
+                "%s seed %d: es.warm_share leaves no requests for the global warm start before "
+                "the last budget (%d) and its validation look; ES starts from the cells as "
+                "initialised", method.key, seed, pending[-1],
+            )  # fmt: skip
+        elif learner.es.config.warm_share:
             warm_curve, extra["warm_solution"] = self._warm_start(
                 learner, seed, used, warm, lambda: pending[0], lambda: budget_row(None)
             )

@@ -261,7 +261,7 @@ def test_family_puts_the_contrast_next_to_the_headroom(tmp_path: Path, quick_run
     assert cli.main([*argv, "--out", str(out)]) == 0
     rows = json.loads((out / "dose-response.json").read_text())
     by_learner = {r["learner"]: r for r in rows}
-    assert set(by_learner) == {"xmtf", "xmtf_es"}  # one row per xMTF learner of the study
+    assert set(by_learner) == {"xmtf", "xmtf_es", "xmtf_es_warm"}  # one row per xMTF learner
     for row in rows:
         assert row["dose"] == 0.0 and row["headroom"] is not None
     verdict = report["verdict"]
