@@ -63,12 +63,14 @@ PAPER_KUAIRAND_DIR ?= $(or $(XMTF_KUAIRAND_DIR),$(wildcard ../shared/data/kuaira
 COMMA := ,
 SPACE := $(subst ,, )
 PAPER_RUN = $(BIN)/xmtf-train paper --trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS)
-PAPER_SYNTHETIC = paper-d0 paper-d1 paper-w102-d0 paper-w102-d1 paper-d1-1e6
+PAPER_SYNTHETIC = paper-d0 paper-d0.25 paper-d0.5 paper-d1 paper-w102-d0 paper-w102-d1 paper-d1-1e6
 PAPER_KUAIRAND = $(if $(PAPER_KUAIRAND_DIR),paper-kuairand-d0 paper-kuairand-d1)
 PAPER_DIRS = $(subst $(SPACE),$(COMMA),$(addprefix results/,$(PAPER_SYNTHETIC) $(PAPER_KUAIRAND)))
 .PHONY: paper
 paper: install
 	$(PAPER_RUN) --out results/paper-d0 --dose 0
+	$(PAPER_RUN) --out results/paper-d0.25 --dose 0.25
+	$(PAPER_RUN) --out results/paper-d0.5 --dose 0.5
 	$(PAPER_RUN) --out results/paper-d1 --dose 1
 	$(PAPER_RUN) --out results/paper-w102-d0 --dose 0 --world-seed 102
 	$(PAPER_RUN) --out results/paper-w102-d1 --dose 1 --world-seed 102
