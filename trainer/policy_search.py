@@ -161,20 +161,21 @@ TARGET_CLIP = 0.995
 
 
 def formula_targets(
-    x: torch.Tensor, log_weights: np.ndarray, floor: torch.Tensor
+    x: torch.Tensor, log_weights: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The cells' targets when the linear formula ``z = sum_k w_k x_k`` (``w = exp(log_weights)``)
     on the cells' own inputs ``x`` (B, K, N) is distilled into them:
-    ``min(w_k (x_k - floor_k) / c, TARGET_CLIP)``. The per-task shift ``floor_k`` (K,) moves
-    every candidate of a request alike, and one common scale ``c >= 1`` keeps the tasks' relative
-    weights, so the summed targets rank each request as the formula does, except that the
-    extreme values of a task saturate: ``c`` brings the largest per-task
-    :data:`TARGET_QUANTILE` quantile to :data:`TARGET_CEILING` (the sigmoid cells reach only
-    (0, 1); a scale set by the maximum would let one rare task's outlier, ~70 standard
-    deviations out, squeeze every other value towards 0). Returns
+    ``min(w_k (x_k - floor_k) / c, TARGET_CLIP)``. The per-task shift ``floor_k``, the task's
+    smallest input in ``x``, moves every candidate of a request alike, and one common scale
+    ``c >= 1`` keeps the tasks' relative weights, so the summed targets rank each request as
+    the formula does, except that the extreme values of a task saturate: ``c`` brings the
+    largest per-task :data:`TARGET_QUANTILE` quantile to :data:`TARGET_CEILING` (the sigmoid
+    cells reach only (0, 1); a scale set by the maximum would let one rare task's outlier,
+    ~70 standard deviations out, squeeze every other value towards 0). Returns
     ``(targets, formula scores (B, N), c)``."""
     w = torch.as_tensor(np.exp(log_weights), dtype=x.dtype, device=x.device).view(1, -1, 1)
-    target = (w * (x - floor.view(1, -1, 1))).clamp(min=0.0)
+    floor = x.amin(dim=(0, 2)).view(1, -1, 1)
+    target = w * (x - floor)
     per_task = target.transpose(0, 1).reshape(target.shape[1], -1).cpu().numpy()
     top = float(np.quantile(per_task, TARGET_QUANTILE, axis=1).max())
     scale = max(1.0, top / TARGET_CEILING)
@@ -381,8 +382,7 @@ class PolicySearchLearner(AgentLearner):
         _, state_n, preds = data
         with torch.no_grad():
             x = self.agent.mfc.normalise(preds)
-            floor = x.amin(dim=(0, 2))
-            targets, scores, scale = formula_targets(x, log_weights, floor)
+            targets, scores, scale = formula_targets(x, log_weights)
         return self._fit_cells(state_n, preds, targets, scores, top_n) | {"distill_scale": scale}
 
     def _kept(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor] | None:

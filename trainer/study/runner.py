@@ -33,7 +33,7 @@ from trainer.study.methods.cem import cem_optimize
 from trainer.study.methods.formulas import calibrated, fixed_weights_score_fn, task_directions
 from trainer.study.methods.myopic import MyopicMFCLearner
 from trainer.study.methods.td3 import TD3Agent, TD3Learner
-from trainer.study.registry import MFC_KINDS, Method
+from trainer.study.registry import METHOD_BY_KEY, MFC_KINDS, Method
 from trainer.tsh import TSHAgent
 
 log = logging.getLogger(__name__)
@@ -370,18 +370,19 @@ class Runner:
             rows.append(row)
             recorder = sampled or recorder
 
-        warm = int(learner.es.config.warm_share * pending[-1]) - val_cost
-        if learner.es.config.warm_share and warm <= used():
-            log.warning(
-                "%s seed %d: es.warm_share leaves no requests for the global warm start before "
-                "the last budget (%d) and its validation look; ES starts from the cells as "
-                "initialised", method.key, seed, pending[-1],
-            )  # fmt: skip
-        elif learner.es.config.warm_share:
-            warm_curve, extra["warm_solution"] = self._warm_start(
-                learner, seed, used, warm, lambda: pending[0], lambda: budget_row(None)
-            )
-            curve += warm_curve
+        if learner.es.config.warm_share:
+            warm = int(learner.es.config.warm_share * pending[-1]) - val_cost
+            if warm > used():
+                warm_curve, extra["warm_solution"] = self._warm_start(
+                    learner, seed, used, warm, lambda: pending[0], lambda: budget_row(None)
+                )
+                curve += warm_curve
+            else:
+                log.warning(
+                    "%s seed %d: es.warm_share leaves no requests for the global warm start "
+                    "before the last budget (%d) and its validation look; ES starts from the "
+                    "cells as initialised", method.key, seed, pending[-1],
+                )  # fmt: skip
         it, per_iteration = 0, 0
         while pending:
             if used() + per_iteration + val_cost > pending[0]:
@@ -420,10 +421,7 @@ class Runner:
         Returns the curve rows and the solution (log-weights by task)."""
         cfg = self.config
         cost = 0
-
-        def make_fn(log_weights: np.ndarray) -> ScoreFn:
-            fn = fixed_weights_score_fn(log_weights, "linear", cfg.formula.beta, None)
-            return lambda s, p: fn(s, calibrated(p, self.tasks))
+        formula = METHOD_BY_KEY["cem1_cal"]
 
         def objective(pop: np.ndarray, it: int) -> np.ndarray:
             nonlocal cost
@@ -431,7 +429,7 @@ class Runner:
             users = CEM_USERS + 1000 * seed + 500 + it  # not the ES iterations' users
             values = []
             for i, u in enumerate(pop):
-                fn = make_fn(u)
+                fn = self.formula_fn(formula, u)
                 if i < PolicySearchLearner.RECORDED_CANDIDATES:
                     fn = learner.recording(fn)
                 res = evaluate(self.train_sim, fn, learner.es.config.warm_sessions, users)
