@@ -76,12 +76,12 @@ paper: install
 	$(PAPER_RUN) --out results/paper-w102-d1 --dose 1 --world-seed 102
 	# the budget curve to 10^6 requests: xMTF's start, its ES learner and the best formula
 	$(PAPER_RUN) --out results/paper-d1-1e6 --dose 1 --budget 1e5,3e5,1e6 \
-		--methods xmtf_init,cem1_cal,xmtf_es
+		--methods xmtf_init,cem1_cal,xmtf_es,xmtf_es_warm
 	$(if $(PAPER_KUAIRAND_DIR),$(PAPER_RUN) --out results/paper-kuairand-d0 --dose 0 \
 		--data-dir $(PAPER_KUAIRAND_DIR))
 	$(if $(PAPER_KUAIRAND_DIR),$(PAPER_RUN) --out results/paper-kuairand-d1 --dose 1 \
 		--data-dir $(PAPER_KUAIRAND_DIR))
-	$(BIN)/xmtf-train family --headroom results/headroom.json --out results --papers $(PAPER_DIRS)
+	$(BIN)/xmtf-train family --headroom $(HEADROOM_FILES) --out results --papers $(PAPER_DIRS)
 
 ## rollout-stats: experiment statistics on the simulator (A/A false positives, guard false
 ## rollbacks, rollback delay of a bad arm, power; CUPED when the KuaiRand-Pure user features are
@@ -93,10 +93,21 @@ rollout-stats: install
 		$(if $(KUAIRAND_DIR),--kuairand $(KUAIRAND_DIR))
 
 ## headroom: personalisation headroom of the world family, no learner -> results/headroom.md
+## (world 101 at every d), results/headroom-w102-d*/ and results/headroom-kuairand-d*/
 HEADROOM_JOBS ?= 1
+HEADROOM_RUN = $(BIN)/xmtf-train headroom --jobs $(HEADROOM_JOBS)
+HEADROOM_KUAIRAND = $(if $(PAPER_KUAIRAND_DIR),kuairand-d0 kuairand-d1)
+HEADROOM_FILES = $(subst $(SPACE),$(COMMA),results/headroom.json $(foreach h,w102-d0 w102-d1 \
+	$(HEADROOM_KUAIRAND),results/headroom-$(h)/headroom.json))
 .PHONY: headroom
 headroom: install
-	$(BIN)/xmtf-train headroom --out results --jobs $(HEADROOM_JOBS)
+	$(HEADROOM_RUN) --out results
+	$(HEADROOM_RUN) --out results/headroom-w102-d0 --world-seed 102 --doses 0
+	$(HEADROOM_RUN) --out results/headroom-w102-d1 --world-seed 102 --doses 1
+	$(if $(PAPER_KUAIRAND_DIR),$(HEADROOM_RUN) --out results/headroom-kuairand-d0 --doses 0 \
+		--data-dir $(PAPER_KUAIRAND_DIR))
+	$(if $(PAPER_KUAIRAND_DIR),$(HEADROOM_RUN) --out results/headroom-kuairand-d1 --doses 1 \
+		--data-dir $(PAPER_KUAIRAND_DIR))
 
 lint: install
 	$(BIN)/ruff check .

@@ -66,7 +66,9 @@ def add_study_parsers(sub: Any) -> None:
 
     p = sub.add_parser("family", help="dose-response table across the study's worlds")
     add_option(p, "papers", None, required=True, help="comma-separated `paper` output folders")
-    add_option(p, "headroom", None, type=Path, help="headroom.json of `xmtf-train headroom`")
+    add_option(
+        p, "headroom", None, help="comma-separated headroom.json files of `xmtf-train headroom`"
+    )
     add_option(p, "out", "results", type=Path)
 
 
@@ -180,7 +182,14 @@ def cmd_family(args: argparse.Namespace) -> dict[str, Any]:
     missing = [str(p) for p in papers if not (p / "paper.json").is_file()]
     if missing:
         raise CLIError(f"--papers: no paper.json in {', '.join(missing)}")
-    return run_family(papers, args.headroom, Path(args.out))
+    rooms = [Path(p.strip()) for p in str(args.headroom or "").split(",") if p.strip()]
+    absent = [str(p) for p in rooms if not p.is_file()]
+    if absent:
+        raise CLIError(f"--headroom: no such file {', '.join(absent)}")
+    try:
+        return run_family(papers, rooms, Path(args.out))
+    except ValueError as exc:
+        raise CLIError(f"--headroom: {exc}") from exc
 
 
 STUDY_COMMANDS = {"paper": cmd_paper, "headroom": cmd_headroom, "family": cmd_family}

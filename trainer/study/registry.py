@@ -64,6 +64,14 @@ METHODS: tuple[Method, ...] = (
         "es_xmtf",
         es=(("warm_share", 0.5),),
     ),
+    # its state ablation: the same warm start, then ES over a constant action (cells state-blind)
+    Method(
+        "xmtf_es_warm_no_state",
+        "xMTF, warm-started as above, by ES w/o state input (a constant action)",
+        "es_xmtf",
+        tsh=(("use_state", False),),
+        es=(("warm_share", 0.5),),
+    ),
     Method(
         "xmtf_es_no_state",
         "xMTF by evolution strategies w/o state input (a constant action)",
@@ -121,10 +129,12 @@ FORMULA_BASELINES = (
 #: xMTF against the best of these (results/worlds.md, issue 11).
 NON_PERSONALISED = (
     "cem1", "cem1_cal", "cem2", "xmtf_const", "xmtf_no_state", "xmtf_es_no_state",
+    "xmtf_es_warm_no_state",
 )  # fmt: skip
 #: The study's default methods: the reduced set a 2-core run can afford (README).
 DEFAULT_METHODS = (
     "plain_sum", "neutral_log", "xmtf_init", "cem1", "cem1_cal", "xmtf_const", "td3_1",
     "xmtf", "xmtf_no_state", "xmtf_es", "xmtf_es_no_state", "xmtf_es_warm",
+    "xmtf_es_warm_no_state",
 )  # fmt: skip
 MFC_KINDS = ("tsh", "myopic", "init", "es_xmtf")

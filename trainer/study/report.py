@@ -34,14 +34,14 @@ def _mean(report: dict[str, Any], key: str) -> float:
 
 
 #: The xMTF learners a verdict is computed for, each with its own state ablation: the
-#: actor-critic outer stage (the paper's), the policy-search one (trainer/policy_search.py)
-#: its block-wise form and its globally warm-started form (these two have no ablation of their
-#: own: their "vs no state" contrast is left out).
+#: actor-critic outer stage (the paper's), the policy-search one (trainer/policy_search.py),
+#: its block-wise form (no ablation of its own: its "vs no state" contrast is left out) and its
+#: globally warm-started form.
 LEARNERS = {
     "xmtf": "xmtf_no_state",
     "xmtf_es": "xmtf_es_no_state",
     "xmtf_es_blocks": "",
-    "xmtf_es_warm": "",
+    "xmtf_es_warm": "xmtf_es_warm_no_state",
 }
 
 

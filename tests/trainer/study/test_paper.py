@@ -252,18 +252,26 @@ def test_add_seeds_grows_a_study_in_resumable_parts(tmp_path: Path, capsys) -> N
     assert "needs --merge" in capsys.readouterr().err
 
 
-def test_family_puts_the_contrast_next_to_the_headroom(tmp_path: Path, quick_run) -> None:
+def test_family_puts_the_contrast_next_to_the_headroom(
+    tmp_path: Path, quick_run, capsys: pytest.CaptureFixture[str]
+) -> None:
     src, report = quick_run
     head = tmp_path / "headroom"
     assert cli.main(["headroom", "--quick", "--doses", "0", "--out", str(head)]) == 0
+    other = tmp_path / "headroom-w102"  # another world's headroom: the study's rows ignore it
+    argv = ["headroom", "--quick", "--doses", "0", "--world-seed", "102", "--out", str(other)]
+    assert cli.main(argv) == 0
     out = tmp_path / "family"
-    argv = ["family", "--papers", str(src), "--headroom", str(head / "headroom.json")]
+    files = f"{other / 'headroom.json'},{head / 'headroom.json'}"
+    argv = ["family", "--papers", str(src), "--headroom", files]
     assert cli.main([*argv, "--out", str(out)]) == 0
     rows = json.loads((out / "dose-response.json").read_text())
     by_learner = {r["learner"]: r for r in rows}
     assert set(by_learner) == {"xmtf", "xmtf_es", "xmtf_es_warm"}  # one row per xMTF learner
+    measured = json.loads((head / "headroom.json").read_text())["doses"][0]["headroom"]
     for row in rows:
-        assert row["dose"] == 0.0 and row["headroom"] is not None
+        assert row["dose"] == 0.0 and row["headroom"] == measured  # world 101's, not 102's
+    assert by_learner["xmtf_es_warm"]["vs_no_state"]["other"] == "xmtf_es_warm_no_state"
     verdict = report["verdict"]
     assert by_learner["xmtf"]["vs_best_non_personalised"] == verdict["vs_best_non_personalised"]
     es = by_learner["xmtf_es"]
@@ -275,6 +283,12 @@ def test_family_puts_the_contrast_next_to_the_headroom(tmp_path: Path, quick_run
         assert (out / "figures" / name).stat().st_size > 1000  # a rendered PNG
         assert f"figures/{name}" in (out / "paper.md").read_text()
     assert cli.main(["family", "--papers", str(tmp_path / "none"), "--out", str(out)]) == 2
+    twice = f"{head / 'headroom.json'},{head / 'headroom.json'}"  # one world measured twice
+    assert cli.main(["family", "--papers", str(src), "--headroom", twice, "--out", str(out)]) == 2
+    assert "already in another file" in capsys.readouterr().err
+    absent = str(tmp_path / "nope.json")
+    assert cli.main(["family", "--papers", str(src), "--headroom", absent, "--out", str(out)]) == 2
+    assert "--headroom: no such file" in capsys.readouterr().err
 
 
 def test_the_block_wise_learner_gets_a_verdict_without_a_state_contrast(quick_run) -> None:
