@@ -20,6 +20,9 @@ class Method:
     tsh: tuple[tuple[str, Any], ...] = ()  # TSHConfig overrides
     calibrated: bool = False  # formula methods: standardised predictions (as xMTF's cells see)
     es: tuple[tuple[str, Any], ...] = ()  # PolicySearchConfig overrides (kind es_xmtf)
+    # CEM methods: selected and guarded as xMTF's learners are (a validation look before each
+    # budget, paid from it; the start is kept unless the search beats it with 95 % confidence)
+    guarded: bool = False
 
     def tsh_config(self, base: TSHConfig) -> TSHConfig:
         return dataclasses.replace(base, **dict(self.tsh))
@@ -34,6 +37,15 @@ METHODS: tuple[Method, ...] = (
     Method("neutral_log", "neutral log formula, Σ log(o + β) (control)", "control", formula="log"),
     Method("cem1", "CEM-1", "cem", formula="linear"),
     Method("cem1_cal", "CEM-1 on calibrated predictions", "cem", formula="linear", calibrated=True),
+    # the learners' guard on CEM-1 cal.: what the guard itself costs a search at equal budget
+    Method(
+        "cem1_cal_guarded",
+        "CEM-1 on calibrated predictions, guarded as the learners are",
+        "cem",
+        formula="linear",
+        calibrated=True,
+        guarded=True,
+    ),
     Method("cem2", "CEM-2", "cem", formula="log"),
     Method("td3_1", "TD3-1", "td3", formula="linear"),
     Method("td3_2", "TD3-2", "td3", formula="log"),
@@ -135,6 +147,6 @@ NON_PERSONALISED = (
 DEFAULT_METHODS = (
     "plain_sum", "neutral_log", "xmtf_init", "cem1", "cem1_cal", "xmtf_const", "td3_1",
     "xmtf", "xmtf_no_state", "xmtf_es", "xmtf_es_no_state", "xmtf_es_warm",
-    "xmtf_es_warm_no_state",
+    "xmtf_es_warm_no_state", "cem1_cal_guarded",
 )  # fmt: skip
 MFC_KINDS = ("tsh", "myopic", "init", "es_xmtf")

@@ -33,6 +33,9 @@ def _mean(report: dict[str, Any], key: str) -> float:
     return float(report["methods"][key]["summary"]["budgets"][-1]["return"]["mean"])
 
 
+#: The calibrated CEM-1 search selected and guarded as the learners are: a learner's contrast
+#: with it shows what is left of its gap to the best formula once both pay for the guard.
+GUARDED_FORMULA = "cem1_cal_guarded"
 #: The xMTF learners a verdict is computed for, each with its own state ablation: the
 #: actor-critic outer stage (the paper's), the policy-search one (trainer/policy_search.py),
 #: its block-wise form (no ablation of its own: its "vs no state" contrast is left out) and its
@@ -98,6 +101,9 @@ def _contrasts(report: dict[str, Any], key: str, no_state: str) -> tuple[dict[st
         best = max(formulas, key=lambda k: _mean(report, k))
         label = f"the best formula-based method ({methods[best]['label']})"
         contrast("vs_best_formula", best, label)
+    if GUARDED_FORMULA in methods:
+        label = f"the same guard on a formula search ({methods[GUARDED_FORMULA]['label']})"
+        contrast("vs_guarded_formula", GUARDED_FORMULA, label)
     if no_state and no_state in methods:
         contrast("vs_no_state", no_state, f"{methods[no_state]['label']} (no personalisation)")
     if "plain_sum" in methods:

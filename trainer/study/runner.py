@@ -461,28 +461,54 @@ class Runner:
         return rows, solution
 
     def _run_cem(self, method: Method, seed: int, checkpoint: Path | None, t0: float) -> Trial:
-        """CEM until each budget is spent (the candidates' sessions are its training)."""
+        """CEM until each budget is spent (the candidates' sessions are its training).
+
+        Unguarded, a budget's row is the search's mean after the iteration that spent it.
+        ``method.guarded``: as the ES learners, the search stops before an iteration would leave
+        no room for a validation look, the look's checkpoint selection decides the row (the
+        start, the plain calibrated sum, unless the mean beats it with 95 % confidence), and
+        the looks are paid from the budget."""
         cfg = self.config
         start_requests = self.train_sim.requests_served
         make_fn, low, high, init = self._cem_family(method, seed)
         pending = list(cfg.budgets)
         rows: list[dict[str, Any]] = []
+        weights = _Weights(make_fn, init)
+        selector = self._selector(cfg.es.val_sessions) if method.guarded else None
+        if selector is not None:
+            selector.start(weights)
+        val_cost = selector.requests if selector is not None else 0
+        cost = 0  # requests of the last iteration
 
         def used() -> int:
-            return self.train_sim.requests_served - start_requests
+            looks = selector.requests if selector is not None else 0
+            return self.train_sim.requests_served - start_requests + looks
 
         def objective(pop: np.ndarray, it: int) -> np.ndarray:
+            nonlocal cost
+            before = used()
             users = CEM_USERS + 1000 * seed + it  # never the validation or evaluation users
-            return np.array(
-                [
-                    evaluate(self.train_sim, make_fn(u), cfg.cem.sessions, users).returns.mean()
-                    for u in pop
-                ]
-            )
+            values = [
+                evaluate(self.train_sim, make_fn(u), cfg.cem.sessions, users).returns.mean()
+                for u in pop
+            ]
+            cost = used() - before
+            return np.array(values)
+
+        def budget_row(mean: np.ndarray, step: int) -> None:
+            budget = pending.pop(0)
+            if selector is None:
+                rows.append(self._budget_row(budget, used(), make_fn(mean)))
+                return
+            weights.restore(mean)
+            selector.consider(step, weights)
+            rows.append(self._selected_row(budget, used, weights, selector, False)[0])
 
         def should_stop(done: int, mean: np.ndarray) -> bool:
-            while pending and used() >= pending[0]:
-                rows.append(self._budget_row(pending.pop(0), used(), make_fn(mean)))
+            while pending and (
+                used() + cost + val_cost > pending[0] if selector else used() >= pending[0]
+            ):
+                budget_row(mean, done)
             return not pending
 
         std = np.full(len(self.tasks), cfg.cem.init_std if method.kind == "cem" else 0.5)
@@ -492,15 +518,21 @@ class Runner:
             init_std=std, should_stop=should_stop,
         )  # fmt: skip
         while pending:  # the iteration cap came first: what the search reached
-            rows.append(self._budget_row(pending.pop(0), used(), make_fn(result.mean)))
-        solution = {t.name: float(u) for t, u in zip(self.tasks, result.mean, strict=True)}
+            budget_row(result.mean, len(result.history))
+        extra: dict[str, Any] = {}
+        if selector is not None:  # the guarded solution is the selected one
+            extra["validation"] = selector.finish(weights)["validation"]
+        else:
+            weights.restore(result.mean)
+        solution = {t.name: float(u) for t, u in zip(self.tasks, weights.params, strict=True)}
         if checkpoint is not None:
             checkpoint.write_text(json.dumps({"kind": method.kind, "solution": solution}))
         curve = [
             {"step": row["iteration"], "train_return": row["population_mean"], **row}
             for row in result.history
         ]
-        return Trial(seed, rows, time.perf_counter() - t0, curve, {"solution": solution})
+        extra["solution"] = solution
+        return Trial(seed, rows, time.perf_counter() - t0, curve, extra)
 
     def _cem_family(
         self, method: Method, seed: int
@@ -520,6 +552,24 @@ class Runner:
             return lambda s, p: agent.scores(s, p, np.tile(a, (len(s), 1)))
 
         return make, tsh.action_low, tsh.action_high, np.zeros(k)
+
+
+class _Weights:
+    """A CEM search's parameters as a learner :class:`trainer.selection.Selector` can validate,
+    keep and put back (a guarded CEM is selected as the learners are)."""
+
+    def __init__(self, make_fn: Callable[[np.ndarray], ScoreFn], params: np.ndarray) -> None:
+        self.make_fn = make_fn
+        self.params = np.array(params, np.float64)
+
+    def score_fn(self) -> ScoreFn:
+        return self.make_fn(self.params)
+
+    def snapshot(self) -> np.ndarray:
+        return self.params.copy()
+
+    def restore(self, snapshot: np.ndarray) -> None:
+        self.params = np.array(snapshot, np.float64)
 
 
 def _saturation(learner: object, states: np.ndarray) -> float | None:

@@ -289,3 +289,53 @@ def test_a_budget_row_counts_the_requests_its_choice_spent() -> None:
     runner = Runner(PaperConfig.quick_config(trials=1))
     row, _ = runner._selected_row(250, lambda: spent[0], Plain(), Spending(), False)  # type: ignore[arg-type]
     assert row["requests"] == 1250 and row["selected_step"] == 3
+
+
+def test_guarded_cem_pays_for_its_looks_and_reports_what_the_guard_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``cem1_cal_guarded``: the search stops while a look still fits in the budget, the looks
+    are counted, and each budget's row is the guard's choice: the start (the calibrated sum,
+    log-weights 0) unless the search's mean beat it with 95 % confidence on validation users."""
+    from trainer.study.config import PaperConfig
+    from trainer.study.registry import METHOD_BY_KEY
+    from trainer.study.runner import Runner
+
+    base = PaperConfig.quick_config(trials=1)
+    config = dataclasses.replace(
+        base, es=dataclasses.replace(base.es, val_sessions=16), budgets=(3000, 9000)
+    )
+    runner = Runner(config)
+    method = METHOD_BY_KEY["cem1_cal_guarded"]
+    trial = runner.run(method, seed=0)
+    assert [r["budget"] for r in trial.budgets] == list(config.budgets)
+    looks = [row for row in trial.extra["validation"] if "val_gain" in row]
+    assert len(looks) == len(config.budgets)  # one look per budget
+    start_look = trial.extra["validation"][0]["val_return"]
+    assert start_look > 0
+    for row in trial.budgets:
+        assert row["requests"] <= row["budget"]  # the looks fit (the first iteration aside)
+        assert "kept_start" in row and "selected_step" in row
+    start = runner.evaluate(runner.formula_fn(method, np.zeros(len(runner.tasks))))
+    chosen = np.array(list(trial.extra["solution"].values()))
+    final = runner.evaluate(runner.formula_fn(method, chosen))
+    assert trial.budgets[-1]["return_mean"] == pytest.approx(final["return_mean"])
+    assert trial.budgets[-1]["kept_start"]  # 16 validation users: the search did not clear it
+    assert np.all(chosen == 0.0)
+    assert trial.budgets[-1]["return_mean"] == pytest.approx(start["return_mean"])
+    # a guard that always sees a gain lets the search's mean through at every budget
+    from types import SimpleNamespace
+
+    from trainer import selection
+
+    passing = SimpleNamespace(mean=1.0, lo=0.5)
+    monkeypatch.setattr(selection.stats, "paired_difference", lambda *a, **k: passing)
+    opened = runner.run(method, seed=0)
+    assert not any(r["kept_start"] for r in opened.budgets)
+    chosen = np.array(list(opened.extra["solution"].values()))
+    assert np.any(chosen != 0.0)
+    final = runner.evaluate(runner.formula_fn(method, chosen))
+    assert opened.budgets[-1]["return_mean"] == pytest.approx(final["return_mean"])
+    plain = runner.run(METHOD_BY_KEY["cem1_cal"], seed=0)
+    assert "validation" not in plain.extra
+    assert "kept_start" not in plain.budgets[0]
