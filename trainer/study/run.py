@@ -17,9 +17,15 @@ import torch
 from tqdm import tqdm
 
 from trainer import stats
-from trainer.loop import plain_sum_score
+from trainer.config import TSHConfig, from_dict
+from trainer.loop import TrainConfig, plain_sum_score
+from trainer.policy_search import PolicySearchConfig
+from trainer.sim import SimConfig
 from trainer.study.budget import estimate_seconds
 from trainer.study.config import PaperConfig
+from trainer.study.methods.cem import CEMConfig
+from trainer.study.methods.formulas import FormulaConfig
+from trainer.study.methods.td3 import TD3Config
 from trainer.study.registry import METHOD_BY_KEY, METHODS, Method
 from trainer.study.report import render_tables, verdict, write_markdown
 from trainer.study.runner import Runner, Trial
@@ -133,6 +139,29 @@ ADDED_FIELDS: dict[tuple[str, str], Any] = {
     ("es", "warm_sessions"): 32,
     ("train", "confirm_sessions"): 0,
 }
+
+
+def study_config(report: dict[str, Any]) -> PaperConfig:
+    """The :class:`PaperConfig` a ``paper.json`` recorded, to re-create its world, users and
+    methods (a field the study predates takes the value it ran with, :data:`ADDED_FIELDS`; a
+    section it never wrote, its default)."""
+    data = report["config"]
+    sections = {"sim": SimConfig, "tsh": TSHConfig, "train": TrainConfig, "cem": CEMConfig,
+                "td3": TD3Config, "es": PolicySearchConfig, "formula": FormulaConfig}  # fmt: skip
+    built: dict[str, Any] = {}
+    for name, cls in sections.items():
+        if name in data:
+            old = {f: v for (sec, f), v in ADDED_FIELDS.items() if sec == name}
+            built[name] = from_dict(cls, {**old, **data[name]})
+    return PaperConfig(
+        **built,
+        dose=float(data.get("dose", 0.0)),
+        budgets=tuple(int(b) for b in data["budgets"]),
+        trials=int(data["trials"]),
+        methods=tuple(data["methods"]),
+        quick=bool(data.get("quick", False)),
+        torch_threads=int(data.get("torch_threads", 1)),
+    )
 
 
 def _drop_fields_added_since(mine: dict[str, Any], theirs: dict[str, Any]) -> None:
