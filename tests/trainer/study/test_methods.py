@@ -242,8 +242,9 @@ def test_warm_started_es_spends_its_share_on_a_global_search_then_distils() -> N
 
     base = PaperConfig.quick_config(trials=1)
     es = dataclasses.replace(base.es, val_sessions=8, distill_steps=5)
-    config = dataclasses.replace(base, es=es, budgets=(2000, 8000))
+    config = dataclasses.replace(base, es=es, budgets=(6000, 24000))
     method = METHOD_BY_KEY["xmtf_es_warm"]
+    assert method.es_config(base.es).warm_sessions == PaperConfig().cem.sessions  # CEM-1's
     trial = Runner(config).run(method, seed=0)
     start = Runner(config).run(METHOD_BY_KEY["xmtf_init"], seed=0).budgets[0]["return_mean"]
     assert [r["budget"] for r in trial.budgets] == list(config.budgets)
