@@ -300,3 +300,24 @@ def test_the_block_wise_learner_gets_a_verdict_without_a_state_contrast(quick_ru
     found = verdict(grown)["xmtf_es_blocks"]
     assert found["vs_init"] == verdict(report)["xmtf_es"]["vs_init"]  # the same trials
     assert "vs_best_non_personalised" in found and "vs_no_state" not in found
+
+
+def test_headroom_files_are_keyed_by_population_world_and_dose(tmp_path: Path) -> None:
+    """A KuaiRand population's headroom and a synthetic world's with the same seed and dose are
+    different worlds; one world in two files is refused."""
+    from trainer.study.family import headroom_by_world
+
+    def write(name: str, data_dir: str | None, doses: list[float]) -> Path:
+        sim = {"seed": 101, "data_dir": data_dir}
+        rows = [{"dose": d, "headroom": {"mean": float(d), "ci95": [0.0, 1.0]}} for d in doses]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"config": {"sim": sim}, "doses": rows}))
+        return path
+
+    synthetic = write("synthetic", None, [0.0, 1.0])
+    kuairand = write("kuairand", "/data/kuairand-pure", [1.0])
+    room = headroom_by_world([synthetic, kuairand])
+    assert set(room) == {("synthetic", 101, 0.0), ("synthetic", 101, 1.0), ("kuairand", 101, 1.0)}
+    assert room[("kuairand", 101, 1.0)]["headroom"]["mean"] == 1.0
+    with pytest.raises(ValueError, match="already in another file"):
+        headroom_by_world([synthetic, write("again", None, [1.0])])
