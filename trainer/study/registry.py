@@ -21,7 +21,8 @@ class Method:
     calibrated: bool = False  # formula methods: standardised predictions (as xMTF's cells see)
     es: tuple[tuple[str, Any], ...] = ()  # PolicySearchConfig overrides (kind es_xmtf)
     # CEM methods: selected and guarded as xMTF's learners are (a validation look before each
-    # budget, paid from it; the start is kept unless the search beats it with 95 % confidence)
+    # budget, paid from it; xMTF as initialised, the learners' start, is kept unless the search
+    # beats it with 95 % confidence)
     guarded: bool = False
 
     def tsh_config(self, base: TSHConfig) -> TSHConfig:
@@ -43,7 +44,7 @@ METHODS: tuple[Method, ...] = (
     Method("neutral_log", "neutral log formula, Σ log(o + β) (control)", "control", formula="log"),
     Method("cem1", "CEM-1", "cem", formula="linear"),
     Method("cem1_cal", "CEM-1 on calibrated predictions", "cem", formula="linear", calibrated=True),
-    # the learners' guard on CEM-1 cal.: what the guard itself costs a search at equal budget
+    # the learners' guard on CEM-1 cal., against their start: what the guard costs a search
     Method(
         "cem1_cal_guarded",
         "CEM-1 on calibrated predictions, guarded as the learners are",

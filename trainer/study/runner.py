@@ -464,10 +464,11 @@ class Runner:
         """CEM until each budget is spent (the candidates' sessions are its training).
 
         Unguarded, a budget's row is the search's mean after the iteration that spent it.
-        ``method.guarded``: as the ES learners, the search stops before an iteration would leave
-        no room for a validation look, the look's checkpoint selection decides the row (the
-        start, the plain calibrated sum, unless the mean beats it with 95 % confidence), and
-        the looks are paid from the budget."""
+        ``method.guarded``: guarded as the xMTF learners are, against the same reference, the
+        model they start from and would replace (xMTF as initialised, this seed's): the search
+        stops before an iteration would leave no room for a validation look, the look decides
+        the row (xMTF as initialised unless the search's mean beats it with 95 % confidence),
+        and the looks are paid from the budget."""
         cfg = self.config
         start_requests = self.train_sim.requests_served
         make_fn, low, high, init = self._cem_family(method, seed)
@@ -476,6 +477,8 @@ class Runner:
         weights = _Weights(make_fn, init)
         selector = self._selector(cfg.es.val_sessions) if method.guarded else None
         if selector is not None:
+            served = self.make_learner(METHOD_BY_KEY["xmtf_init"], seed).score_fn()
+            weights = _Weights(make_fn, None, served)
             selector.start(weights)
         val_cost = selector.requests if selector is not None else 0
         cost = 0  # requests of the last iteration
@@ -500,7 +503,7 @@ class Runner:
             if selector is None:
                 rows.append(self._budget_row(budget, used(), make_fn(mean)))
                 return
-            weights.restore(mean)
+            weights.restore({"params": mean})
             selector.consider(step, weights)
             rows.append(self._selected_row(budget, used, weights, selector, False)[0])
 
@@ -523,8 +526,13 @@ class Runner:
         if selector is not None:  # the guarded solution is the selected one
             extra["validation"] = selector.finish(weights)["validation"]
         else:
-            weights.restore(result.mean)
-        solution = {t.name: float(u) for t, u in zip(self.tasks, weights.params, strict=True)}
+            weights.restore({"params": result.mean})
+        chosen = weights.params
+        solution = (
+            None  # the guard kept xMTF as initialised
+            if chosen is None
+            else {t.name: float(u) for t, u in zip(self.tasks, chosen, strict=True)}
+        )
         if checkpoint is not None:
             checkpoint.write_text(json.dumps({"kind": method.kind, "solution": solution}))
         curve = [
@@ -556,20 +564,30 @@ class Runner:
 
 class _Weights:
     """A CEM search's parameters as a learner :class:`trainer.selection.Selector` can validate,
-    keep and put back (a guarded CEM is selected as the learners are)."""
+    keep and put back (a guarded CEM is selected as the learners are); ``params`` None stands
+    for the model served before the search, ``served``."""
 
-    def __init__(self, make_fn: Callable[[np.ndarray], ScoreFn], params: np.ndarray) -> None:
-        self.make_fn = make_fn
-        self.params = np.array(params, np.float64)
+    def __init__(
+        self,
+        make_fn: Callable[[np.ndarray], ScoreFn],
+        params: np.ndarray | None,
+        served: ScoreFn | None = None,
+    ) -> None:
+        self.make_fn, self.served = make_fn, served
+        self.params = None if params is None else np.array(params, np.float64)
 
     def score_fn(self) -> ScoreFn:
+        if self.params is None:
+            assert self.served is not None
+            return self.served
         return self.make_fn(self.params)
 
-    def snapshot(self) -> np.ndarray:
-        return self.params.copy()
+    def snapshot(self) -> dict[str, np.ndarray | None]:
+        return {"params": None if self.params is None else self.params.copy()}
 
-    def restore(self, snapshot: np.ndarray) -> None:
-        self.params = np.array(snapshot, np.float64)
+    def restore(self, snapshot: dict[str, np.ndarray | None]) -> None:
+        params = snapshot["params"]
+        self.params = None if params is None else np.array(params, np.float64)
 
 
 def _saturation(learner: object, states: np.ndarray) -> float | None:
