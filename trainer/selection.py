@@ -101,6 +101,8 @@ class Selector:
         confidence on the paired validation users."""
         if self.start_returns is None:
             raise RuntimeError("call start() before consider()")
+        if step <= 0:  # step 0 is the start: a choice recorded there would read as kept_start
+            raise ValueError(f"a checkpoint is considered at a step > 0, got {step}")
         returns = self._returns(learner)
         gain = stats.paired_difference(returns, self.start_returns, n_boot=500, seed=step)
         row = {

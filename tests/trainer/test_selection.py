@@ -71,6 +71,8 @@ def test_a_clearly_better_checkpoint_is_selected() -> None:
     decision = sel.finish(learner)
     assert not decision["kept_start"] and decision["selected_step"] == 10
     np.testing.assert_array_equal(learner.weights, better)
+    with pytest.raises(ValueError, match="step > 0"):  # step 0 would read as the start
+        sel.consider(0, learner)
 
 
 class ValidationMemoriser(FixedWeights):

@@ -386,7 +386,11 @@ class Runner:
         it, per_iteration = 0, 0
         while pending:
             if used() + per_iteration + val_cost > pending[0]:
-                budget_row(look_at=it)  # no room for another iteration and a look: look now
+                # no room for another iteration and a look: look now, if a look still fits (the
+                # warm start can end closer to a budget than one look; then the budget reports
+                # the choice so far, the start, as the warm start's own rows do)
+                fits = used() + val_cost <= pending[0]
+                budget_row(look_at=it if fits else None)
                 continue
             before = self.train_sim.requests_served
             users = CEM_USERS + 1000 * seed + it  # never the validation or evaluation users

@@ -257,6 +257,15 @@ def test_warm_started_es_spends_its_share_on_a_global_search_then_distils() -> N
     assert first["kept_start"] and first["return_mean"] == pytest.approx(start)
     assert set(trial.extra["warm_solution"]) == {t.name for t in Runner(config).tasks}
     assert all(r["requests"] <= r["budget"] for r in trial.budgets)
+    # a warm start that ends just below a budget leaves no room for a look (the same search
+    # ends at the same request count: its limit depends on the last budget only): the budget
+    # reports the start without a look instead of overspending on one
+    first = int(distilled["warm_requests"]) + 1
+    near = Runner(dataclasses.replace(config, budgets=(first, 24000))).run(method, seed=0)
+    assert next(r for r in near.curve if "warm_requests" in r) == distilled
+    assert all(r["requests"] <= r["budget"] for r in near.budgets)
+    assert near.budgets[0]["kept_start"] and near.budgets[0]["return_mean"] == pytest.approx(start)
+    assert all(v["step"] > 0 for v in near.extra["validation"] if "val_gain" in v)
     tiny = dataclasses.replace(config, budgets=(50, 100))  # no room: ES from the cells as they are
     plain = Runner(tiny).run(method, seed=0)
     assert "warm_solution" not in plain.extra
