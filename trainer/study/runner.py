@@ -29,7 +29,7 @@ from trainer.replay import ReplayBuffer
 from trainer.selection import Selector
 from trainer.sim import UserSimulator, evaluate
 from trainer.study.config import PaperConfig
-from trainer.study.methods.cem import cem_optimize
+from trainer.study.methods.cem import SearchedWeights, cem_optimize
 from trainer.study.methods.formulas import calibrated, fixed_weights_score_fn, task_directions
 from trainer.study.methods.myopic import MyopicMFCLearner
 from trainer.study.methods.td3 import TD3Agent, TD3Learner
@@ -478,11 +478,11 @@ class Runner:
         make_fn, low, high, init = self._cem_family(method, seed)
         pending = list(cfg.budgets)
         rows: list[dict[str, Any]] = []
-        weights = _Weights(make_fn, init)
+        weights = SearchedWeights(make_fn, init)
         selector = self._selector(cfg.es.val_sessions) if method.guarded else None
         if selector is not None:
             served = self.make_learner(METHOD_BY_KEY["xmtf_init"], seed).score_fn()
-            weights = _Weights(make_fn, None, served)
+            weights = SearchedWeights(make_fn, None, served)
             selector.start(weights)
         val_cost = selector.requests if selector is not None else 0
         cost = 0  # requests of the last iteration
@@ -564,34 +564,6 @@ class Runner:
             return lambda s, p: agent.scores(s, p, np.tile(a, (len(s), 1)))
 
         return make, tsh.action_low, tsh.action_high, np.zeros(k)
-
-
-class _Weights:
-    """A CEM search's parameters as a learner :class:`trainer.selection.Selector` can validate,
-    keep and put back (a guarded CEM is selected as the learners are); ``params`` None stands
-    for the model served before the search, ``served``."""
-
-    def __init__(
-        self,
-        make_fn: Callable[[np.ndarray], ScoreFn],
-        params: np.ndarray | None,
-        served: ScoreFn | None = None,
-    ) -> None:
-        self.make_fn, self.served = make_fn, served
-        self.params = None if params is None else np.array(params, np.float64)
-
-    def score_fn(self) -> ScoreFn:
-        if self.params is None:
-            assert self.served is not None
-            return self.served
-        return self.make_fn(self.params)
-
-    def snapshot(self) -> dict[str, np.ndarray | None]:
-        return {"params": None if self.params is None else self.params.copy()}
-
-    def restore(self, snapshot: dict[str, np.ndarray | None]) -> None:
-        params = snapshot["params"]
-        self.params = None if params is None else np.array(params, np.float64)
 
 
 def _saturation(learner: object, states: np.ndarray) -> float | None:

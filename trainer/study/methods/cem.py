@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from trainer.loop import ScoreFn
+
 
 @dataclass(frozen=True)
 class CEMConfig:
@@ -73,3 +75,31 @@ def cem_optimize(
         if should_stop is not None and should_stop(it + 1, mean):
             break
     return CEMResult(mean=mean, std=std, history=history)
+
+
+class SearchedWeights:
+    """A CEM search's parameters as a learner :class:`trainer.selection.Selector` can validate,
+    keep and put back (a guarded CEM is selected as the learners are); ``params`` None stands
+    for the model served before the search, ``served``."""
+
+    def __init__(
+        self,
+        make_fn: Callable[[np.ndarray], ScoreFn],
+        params: np.ndarray | None,
+        served: ScoreFn | None = None,
+    ) -> None:
+        self.make_fn, self.served = make_fn, served
+        self.params = None if params is None else np.array(params, np.float64)
+
+    def score_fn(self) -> ScoreFn:
+        if self.params is None:
+            assert self.served is not None
+            return self.served
+        return self.make_fn(self.params)
+
+    def snapshot(self) -> dict[str, np.ndarray | None]:
+        return {"params": None if self.params is None else self.params.copy()}
+
+    def restore(self, snapshot: dict[str, np.ndarray | None]) -> None:
+        params = snapshot["params"]
+        self.params = None if params is None else np.array(params, np.float64)
