@@ -16,6 +16,17 @@ from trainer.study.methods.formulas import FormulaConfig
 from trainer.study.methods.td3 import TD3Config
 from trainer.study.registry import DEFAULT_METHODS, METHOD_BY_KEY
 
+#: The study's config sections besides ``sim``, by their name in ``paper.json`` and in
+#: ``--config`` files.
+SECTIONS: dict[str, type] = {
+    "tsh": TSHConfig,
+    "train": TrainConfig,
+    "cem": CEMConfig,
+    "td3": TD3Config,
+    "es": PolicySearchConfig,
+    "formula": FormulaConfig,
+}
+
 
 @dataclass(frozen=True)
 class PaperConfig:
@@ -120,21 +131,13 @@ class PaperConfig:
     def with_overrides(self, path: Path) -> PaperConfig:
         """Apply a JSON file with optional sections sim, tsh, train, cem, td3, es, formula."""
         data = load_json(path)
-        sections = {"sim", "tsh", "train", "cem", "td3", "es", "formula"}
-        unknown = sorted(set(data) - sections)
+        unknown = sorted(set(data) - {"sim", *SECTIONS})
         if unknown:
             raise ValueError(f"unknown config section(s): {', '.join(unknown)}")
         changes: dict[str, Any] = {}
         if "sim" in data:
             changes["sim"] = self.sim.replace(**data["sim"])
-        for name, cls in (
-            ("tsh", TSHConfig),
-            ("train", TrainConfig),
-            ("cem", CEMConfig),
-            ("td3", TD3Config),
-            ("es", PolicySearchConfig),
-            ("formula", FormulaConfig),
-        ):
+        for name, cls in SECTIONS.items():
             if name in data:
                 merged = {**to_dict(getattr(self, name)), **data[name]}
                 changes[name] = from_dict(cls, merged)

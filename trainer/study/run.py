@@ -17,15 +17,11 @@ import torch
 from tqdm import tqdm
 
 from trainer import stats
-from trainer.config import TSHConfig, from_dict
-from trainer.loop import TrainConfig, plain_sum_score
-from trainer.policy_search import PolicySearchConfig
+from trainer.config import from_dict
+from trainer.loop import plain_sum_score
 from trainer.sim import SimConfig
 from trainer.study.budget import estimate_seconds
-from trainer.study.config import PaperConfig
-from trainer.study.methods.cem import CEMConfig
-from trainer.study.methods.formulas import FormulaConfig
-from trainer.study.methods.td3 import TD3Config
+from trainer.study.config import SECTIONS, PaperConfig
 from trainer.study.registry import METHOD_BY_KEY, METHODS, Method
 from trainer.study.report import render_tables, verdict, write_markdown
 from trainer.study.runner import Runner, Trial
@@ -146,10 +142,8 @@ def study_config(report: dict[str, Any]) -> PaperConfig:
     methods (a field the study predates takes the value it ran with, :data:`ADDED_FIELDS`; a
     section it never wrote, its default)."""
     data = report["config"]
-    sections = {"sim": SimConfig, "tsh": TSHConfig, "train": TrainConfig, "cem": CEMConfig,
-                "td3": TD3Config, "es": PolicySearchConfig, "formula": FormulaConfig}  # fmt: skip
     built: dict[str, Any] = {}
-    for name, cls in sections.items():
+    for name, cls in {"sim": SimConfig, **SECTIONS}.items():
         if name in data:
             old = {f: v for (sec, f), v in ADDED_FIELDS.items() if sec == name}
             built[name] = from_dict(cls, {**old, **data[name]})

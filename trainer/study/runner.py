@@ -478,9 +478,8 @@ class Runner:
         make_fn, low, high, init = self._cem_family(method, seed)
         pending = list(cfg.budgets)
         rows: list[dict[str, Any]] = []
-        weights = SearchedWeights(make_fn, init)
         selector = self._selector(cfg.es.val_sessions) if method.guarded else None
-        if selector is not None:
+        if selector is not None:  # the guard's reference: xMTF as initialised (params None)
             served = self.make_learner(METHOD_BY_KEY["xmtf_init"], seed).score_fn()
             weights = SearchedWeights(make_fn, None, served)
             selector.start(weights)
@@ -527,11 +526,10 @@ class Runner:
         while pending:  # the iteration cap came first: what the search reached
             budget_row(result.mean, len(result.history))
         extra: dict[str, Any] = {}
+        chosen: np.ndarray | None = result.mean
         if selector is not None:  # the guarded solution is the selected one
             extra["validation"] = selector.finish(weights)["validation"]
-        else:
-            weights.restore({"params": result.mean})
-        chosen = weights.params
+            chosen = weights.params
         solution = (
             None  # the guard kept xMTF as initialised
             if chosen is None
