@@ -29,7 +29,7 @@ from trainer.replay import ReplayBuffer
 from trainer.selection import Selector
 from trainer.sim import UserSimulator, evaluate
 from trainer.study.config import PaperConfig
-from trainer.study.methods.cem import SearchedWeights, cem_optimize
+from trainer.study.methods.cem import CandidateSessions, SearchedWeights, cem_optimize
 from trainer.study.methods.formulas import calibrated, fixed_weights_score_fn, task_directions
 from trainer.study.methods.myopic import MyopicMFCLearner
 from trainer.study.methods.td3 import TD3Agent, TD3Learner
@@ -424,27 +424,21 @@ class Runner:
         (``budget_row``: nothing is distilled yet, so it is the start's row).
         Returns the curve rows and the solution (log-weights by task)."""
         cfg = self.config
-        cost = 0
         formula = METHOD_BY_KEY["cem1_cal"]
-
-        def objective(pop: np.ndarray, it: int) -> np.ndarray:
-            nonlocal cost
-            before = used()
-            users = CEM_USERS + 1000 * seed + 500 + it  # not the ES iterations' users
-            values = []
-            for i, u in enumerate(pop):
-                fn = self.formula_fn(formula, u)
-                if i < PolicySearchLearner.RECORDED_CANDIDATES:
-                    fn = learner.recording(fn)
-                res = evaluate(self.train_sim, fn, learner.es.config.warm_sessions, users)
-                values.append(res.returns.mean())
-            cost = used() - before
-            return np.array(values)
+        objective = CandidateSessions(
+            self.train_sim,
+            lambda u: self.formula_fn(formula, u),
+            learner.es.config.warm_sessions,
+            lambda it: CEM_USERS + 1000 * seed + 500 + it,  # not the ES iterations' users
+            wrap=lambda i, fn: (
+                learner.recording(fn) if i < PolicySearchLearner.RECORDED_CANDIDATES else fn
+            ),
+        )
 
         def stop(done: int, mean: np.ndarray) -> bool:
-            if used() + cost > limit:
+            if used() + objective.cost > limit:
                 return True
-            while used() + cost > next_budget():
+            while used() + objective.cost > next_budget():
                 budget_row()
             return False
 
@@ -484,22 +478,16 @@ class Runner:
             weights = SearchedWeights(make_fn, None, served)
             selector.start(weights)
         val_cost = selector.requests if selector is not None else 0
-        cost = 0  # requests of the last iteration
+        objective = CandidateSessions(
+            self.train_sim,
+            make_fn,
+            cfg.cem.sessions,
+            lambda it: CEM_USERS + 1000 * seed + it,  # never the validation or evaluation users
+        )
 
         def used() -> int:
             looks = selector.requests if selector is not None else 0
             return self.train_sim.requests_served - start_requests + looks
-
-        def objective(pop: np.ndarray, it: int) -> np.ndarray:
-            nonlocal cost
-            before = used()
-            users = CEM_USERS + 1000 * seed + it  # never the validation or evaluation users
-            values = [
-                evaluate(self.train_sim, make_fn(u), cfg.cem.sessions, users).returns.mean()
-                for u in pop
-            ]
-            cost = used() - before
-            return np.array(values)
 
         def budget_row(mean: np.ndarray, step: int) -> None:
             budget = pending.pop(0)
@@ -512,7 +500,9 @@ class Runner:
 
         def should_stop(done: int, mean: np.ndarray) -> bool:
             while pending and (
-                used() + cost + val_cost > pending[0] if selector else used() >= pending[0]
+                used() + objective.cost + val_cost > pending[0]
+                if selector
+                else used() >= pending[0]
             ):
                 budget_row(mean, done)
             return not pending

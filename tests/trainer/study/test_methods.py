@@ -14,7 +14,7 @@ from trainer.config import TSHConfig
 from trainer.losses import violation_rate
 from trainer.replay import ReplayBuffer
 from trainer.sim import SimConfig, UserSimulator
-from trainer.study.methods.cem import CEMConfig, cem_optimize
+from trainer.study.methods.cem import CandidateSessions, CEMConfig, cem_optimize
 from trainer.study.methods.formulas import FORMULAS, formula_scores, outer_formula_scores
 from trainer.study.methods.myopic import MyopicMFCLearner
 from trainer.study.methods.td3 import TD3Agent, TD3Config
@@ -73,6 +73,30 @@ def test_cem_improves_a_simple_objective() -> None:
     end = objective(result.mean[None, :], 0)[0]
     assert end > start and end > -0.05
     assert result.history[-1]["elite_mean"] > result.history[0]["elite_mean"]
+
+
+def test_candidate_sessions_score_a_population_on_common_users_and_count_its_requests() -> None:
+    sim = UserSimulator(SimConfig(n_candidates=12, top_n=3, max_steps=5, n_items=200))
+    preds_weighted = lambda w: lambda s, p: np.tensordot(w, p, axes=([0], [1]))  # noqa: E731
+    wrapped: list[int] = []
+
+    def wrap(i, fn):
+        wrapped.append(i)
+        return fn
+
+    objective = CandidateSessions(
+        sim, preds_weighted, sessions=6, users=lambda it: 100 + it, wrap=wrap
+    )
+    k = len(sim.tasks)
+    pop = np.stack([np.ones(k), np.ones(k), -np.ones(k)])
+    before = sim.requests_served
+    values = objective(pop, 0)
+    assert values.shape == (3,) and wrapped == [0, 1, 2]
+    assert values[0] == values[1]  # the same users and random numbers for every candidate
+    assert values[0] != values[2]
+    assert objective.cost == sim.requests_served - before > 0
+    # the next iteration draws other users: the same candidate scores differently
+    assert objective(pop[:1], 1)[0] != values[0]
 
 
 def _batch(n: int = 64, seed: int = 0):

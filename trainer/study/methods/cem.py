@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from trainer.loop import ScoreFn
+from trainer.sim import UserSimulator, evaluate
 
 
 @dataclass(frozen=True)
@@ -103,3 +104,27 @@ class SearchedWeights:
     def restore(self, snapshot: dict[str, np.ndarray | None]) -> None:
         params = snapshot["params"]
         self.params = None if params is None else np.array(params, np.float64)
+
+
+@dataclass
+class CandidateSessions:
+    """CEM's objective: each candidate's mean session return on the users of its iteration
+    (``users(it)``, the same for the whole population: common random numbers); ``cost`` is the
+    requests of the last call. ``wrap(i, fn)`` may wrap candidate ``i``'s score_fn."""
+
+    sim: UserSimulator
+    make_fn: Callable[[np.ndarray], ScoreFn]
+    sessions: int
+    users: Callable[[int], int]
+    wrap: Callable[[int, ScoreFn], ScoreFn] | None = None
+    cost: int = 0
+
+    def __call__(self, pop: np.ndarray, it: int) -> np.ndarray:
+        before = self.sim.requests_served
+        values = []
+        for i, u in enumerate(pop):
+            fn = self.make_fn(u)
+            fn = self.wrap(i, fn) if self.wrap is not None else fn
+            values.append(evaluate(self.sim, fn, self.sessions, self.users(it)).returns.mean())
+        self.cost = self.sim.requests_served - before
+        return np.array(values)
