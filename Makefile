@@ -63,7 +63,8 @@ PAPER_KUAIRAND_DIR ?= $(or $(XMTF_KUAIRAND_DIR),$(wildcard ../shared/data/kuaira
 COMMA := ,
 SPACE := $(subst ,, )
 PAPER_RUN = $(BIN)/xmtf-train paper --trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS)
-PAPER_SYNTHETIC = paper-d0 paper-d0.25 paper-d0.5 paper-d1 paper-w102-d0 paper-w102-d1 paper-d1-1e6
+PAPER_SYNTHETIC = paper-d0 paper-d0.25 paper-d0.5 paper-d1 paper-w102-d0 paper-w102-d1 paper-d1-1e6 \
+	paper-d0-1e6
 PAPER_KUAIRAND = $(if $(PAPER_KUAIRAND_DIR),paper-kuairand-d0 paper-kuairand-d1)
 PAPER_DIRS = $(subst $(SPACE),$(COMMA),$(addprefix results/,$(PAPER_SYNTHETIC) $(PAPER_KUAIRAND)))
 .PHONY: paper
@@ -77,6 +78,9 @@ paper: install
 	# the budget curve to 10^6 requests: xMTF's start, its ES learner and the best formula
 	$(PAPER_RUN) --out results/paper-d1-1e6 --dose 1 --budget 1e5,3e5,1e6 \
 		--methods xmtf_init,cem1_cal,xmtf_es,xmtf_es_warm
+	# and at d = 0: the warm learner against its start when its planned budget is 10^6
+	$(PAPER_RUN) --out results/paper-d0-1e6 --dose 0 --budget 1e5,3e5,1e6 \
+		--methods xmtf_init,cem1_cal,xmtf_es_warm
 	$(if $(PAPER_KUAIRAND_DIR),$(PAPER_RUN) --out results/paper-kuairand-d0 --dose 0 \
 		--data-dir $(PAPER_KUAIRAND_DIR))
 	$(if $(PAPER_KUAIRAND_DIR),$(PAPER_RUN) --out results/paper-kuairand-d1 --dose 1 \

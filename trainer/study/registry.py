@@ -152,8 +152,8 @@ NON_PERSONALISED = (
 )  # fmt: skip
 #: The study's default methods: the reduced set a 2-core run can afford (README).
 DEFAULT_METHODS = (
-    "plain_sum", "neutral_log", "xmtf_init", "cem1", "cem1_cal", "xmtf_const", "td3_1",
-    "xmtf", "xmtf_no_state", "xmtf_es", "xmtf_es_no_state", "xmtf_es_warm",
+    "plain_sum", "neutral_log", "xmtf_init", "cem1", "cem1_cal", "cem2", "xmtf_const", "td3_1",
+    "td3_2", "xmtf", "xmtf_no_state", "xmtf_es", "xmtf_es_no_state", "xmtf_es_warm",
     "xmtf_es_warm_no_state", "cem1_cal_guarded",
 )  # fmt: skip
 MFC_KINDS = ("tsh", "myopic", "init", "es_xmtf")
