@@ -55,8 +55,8 @@ def dose_rows(
     reports: dict[Path, dict[str, Any]], headroom: list[Path] | None = None
 ) -> list[dict[str, Any]]:
     """One row per study and xMTF learner: its world, dose, budget and the contrasts, plus the
-    world's headroom where one of the ``headroom`` files measured it."""
-    room = headroom_by_world([f for f in headroom or [] if f.is_file()])
+    world's headroom where one of the ``headroom`` files measured it (a missing file raises)."""
+    room = headroom_by_world(list(headroom or []))
     rows = []
     for folder, report in reports.items():
         world, dose = int(report["meta"]["world_seed"]), float(report["config"].get("dose", 0.0))

@@ -321,3 +321,11 @@ def test_headroom_files_are_keyed_by_population_world_and_dose(tmp_path: Path) -
     assert room[("kuairand", 101, 1.0)]["headroom"]["mean"] == 1.0
     with pytest.raises(ValueError, match="already in another file"):
         headroom_by_world([synthetic, write("again", None, [1.0])])
+
+
+def test_dose_rows_refuse_a_missing_headroom_file(tmp_path: Path) -> None:
+    """A headroom file that is not there is an error, not a study without headroom."""
+    from trainer.study.family import dose_rows
+
+    with pytest.raises(FileNotFoundError):
+        dose_rows({}, [tmp_path / "absent.json"])
