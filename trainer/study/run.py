@@ -122,6 +122,29 @@ def _comparable(config: dict[str, Any], prior: dict[str, Any] | None = None) -> 
     return out
 
 
+def _merged_config(mine: dict[str, Any], prior: dict[str, Any]) -> dict[str, Any]:
+    """The config of ``prior`` (a whole report) grown by this run's (``mine``): the prior's
+    values, plus every field it lacks, and the values this run's methods ran with for what the
+    prior's methods never read (:data:`READ_ONLY_BY`), so that the next merge compares them."""
+    theirs = prior["config"]
+    out: dict[str, Any] = {}
+    for key in mine.keys() | theirs.keys():
+        a, b = mine.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out[key] = {**a, **b}
+        else:
+            out[key] = b if key in theirs else a
+    kinds = {METHOD_BY_KEY[k].kind for k in prior["methods"] if k in METHOD_BY_KEY}
+    for (section, field), readers in READ_ONLY_BY.items():
+        if kinds & set(readers) or not isinstance(mine.get(section), dict):
+            continue
+        if field is None:
+            out[section] = dict(mine[section])
+        elif field in mine[section]:
+            out[section] = {**out[section], field: mine[section][field]}
+    return out
+
+
 #: Config fields added after studies were committed, with the value that reproduces what a
 #: study written before the field existed ran: such a study merges with a run that has it.
 ADDED_FIELDS: dict[tuple[str, str], Any] = {
@@ -296,7 +319,7 @@ def _run_paper(
         merged = {k: v for k, v in prior["methods"].items() if k not in results} | results
         keys = [m.key for m in METHODS if m.key in merged]
         report = prior | {"methods": {k: merged[k] for k in keys}}
-        report["config"] = config.as_dict() | prior["config"] | {"methods": keys}
+        report["config"] = _merged_config(config.as_dict(), prior) | {"methods": keys}
         if add_seeds:  # the study's seed target; methods not grown keep fewer (the seeds column)
             report["config"]["trials"] = max(config.trials, int(prior["config"]["trials"]))
         report["meta"] = prior["meta"] | {

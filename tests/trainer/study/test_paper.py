@@ -220,6 +220,33 @@ def test_merge_accepts_a_study_run_before_an_option_existed(tmp_path: Path, caps
     assert "differs in tsh" in capsys.readouterr().err
 
 
+def test_a_method_merged_in_can_be_grown_with_what_it_read(tmp_path: Path) -> None:
+    """A study whose methods never read ``td3.offline_updates`` stored no value for it; once
+    BatchRL-MTF is merged in, the study records the value it ran with, so growing its seeds
+    merges again (it used to fail: "configuration differs in td3")."""
+    out = tmp_path / "study"
+    base = ["paper", "--quick", "--out", str(out), "--no-progress"]
+    assert cli.main([*base, "--trials", "1", "--methods", "xmtf_init"]) == 0
+    prior = json.loads((out / "paper.json").read_text())
+    del prior["config"]["td3"]["offline_updates"]  # as a study without BatchRL wrote it
+    (out / "paper.json").write_text(json.dumps(prior))
+    grow = [*base, "--methods", "batchrl1", "--merge", "--add-seeds"]
+    assert cli.main([*grow, "--trials", "1"]) == 0
+    merged = json.loads((out / "paper.json").read_text())
+    assert merged["config"]["td3"]["offline_updates"] == 20  # the quick config's
+    assert cli.main([*grow, "--trials", "2"]) == 0
+    grown = json.loads((out / "paper.json").read_text())
+    assert [t["seed"] for t in grown["methods"]["batchrl1"]["trials"]] == [0, 1]
+    # a value the prior's methods never read is recorded as this run's, not the prior's
+    grown["config"]["td3"]["offline_updates"] = 7
+    for key in ("batchrl1", "batchrl2"):
+        grown["methods"].pop(key, None)
+    (out / "paper.json").write_text(json.dumps(grown))
+    assert cli.main([*base, "--trials", "2", "--methods", "batchrl2", "--merge"]) == 0
+    again = json.loads((out / "paper.json").read_text())
+    assert again["config"]["td3"]["offline_updates"] == 20
+
+
 def test_add_seeds_grows_a_study_in_resumable_parts(tmp_path: Path, capsys) -> None:
     """``--merge --add-seeds --trials 2`` runs only seed 1 of the named methods and appends it:
     the grown study equals one run with 2 seeds from the start, seed for seed."""
