@@ -65,7 +65,8 @@ SPACE := $(subst ,, )
 PAPER_RUN = $(BIN)/xmtf-train paper --trials $(PAPER_TRIALS) --jobs $(PAPER_JOBS)
 PAPER_SYNTHETIC = paper-d0 paper-d0.25 paper-d0.5 paper-d1 paper-w102-d0 paper-w102-d1 paper-d1-1e6 \
 	paper-d0-1e6
-PAPER_KUAIRAND = $(if $(PAPER_KUAIRAND_DIR),paper-kuairand-d0 paper-kuairand-d1)
+PAPER_KUAIRAND = $(if $(PAPER_KUAIRAND_DIR),paper-kuairand-d0 paper-kuairand-d1 \
+	paper-kuairand-d0-1e6)
 PAPER_DIRS = $(subst $(SPACE),$(COMMA),$(addprefix results/,$(PAPER_SYNTHETIC) $(PAPER_KUAIRAND)))
 .PHONY: paper
 paper: install
@@ -84,6 +85,9 @@ paper: install
 	$(if $(PAPER_KUAIRAND_DIR),$(PAPER_RUN) --out results/paper-kuairand-d0 --dose 0 \
 		--data-dir $(PAPER_KUAIRAND_DIR))
 	$(if $(PAPER_KUAIRAND_DIR),$(PAPER_RUN) --out results/paper-kuairand-d1 --dose 1 \
+		--data-dir $(PAPER_KUAIRAND_DIR))
+	$(if $(PAPER_KUAIRAND_DIR),$(PAPER_RUN) --out results/paper-kuairand-d0-1e6 --dose 0 \
+		--budget 1e5,3e5,1e6 --methods xmtf_init,cem1_cal,xmtf_es_warm \
 		--data-dir $(PAPER_KUAIRAND_DIR))
 	$(BIN)/xmtf-train family --headroom $(HEADROOM_FILES) --out results --papers $(PAPER_DIRS)
 
