@@ -7,7 +7,7 @@ import math
 import multiprocessing
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -106,15 +106,18 @@ READ_ONLY_BY: dict[tuple[str, str | None], tuple[str, ...]] = {
 }
 
 
+def _unread(method_keys: Iterable[str]) -> list[tuple[str, str | None]]:
+    """The fields of :data:`READ_ONLY_BY` (None: a whole section) none of these methods read."""
+    kinds = {METHOD_BY_KEY[k].kind for k in method_keys if k in METHOD_BY_KEY}
+    return [key for key, readers in READ_ONLY_BY.items() if not kinds & set(readers)]
+
+
 def _comparable(config: dict[str, Any], prior: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config without its method list and without what the prior study's methods never
     read (``prior``: the other study's whole report; default this config's own methods)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items() if k != "methods"}
     keys = prior["methods"] if prior is not None else config.get("methods", [])
-    kinds = {METHOD_BY_KEY[k].kind for k in keys if k in METHOD_BY_KEY}
-    for (section, field), readers in READ_ONLY_BY.items():
-        if kinds & set(readers):
-            continue
+    for section, field in _unread(keys):
         if field is None:
             out.pop(section, None)
         elif isinstance(out.get(section), dict):
@@ -134,9 +137,8 @@ def _merged_config(mine: dict[str, Any], prior: dict[str, Any]) -> dict[str, Any
             out[key] = {**a, **b}
         else:
             out[key] = b if key in theirs else a
-    kinds = {METHOD_BY_KEY[k].kind for k in prior["methods"] if k in METHOD_BY_KEY}
-    for (section, field), readers in READ_ONLY_BY.items():
-        if kinds & set(readers) or not isinstance(mine.get(section), dict):
+    for section, field in _unread(prior["methods"]):
+        if not isinstance(mine.get(section), dict):
             continue
         if field is None:
             out[section] = dict(mine[section])
